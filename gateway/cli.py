@@ -1,0 +1,159 @@
+"""The ``gateway`` command: ``serve``, ``check``, ``tools``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import sys
+from collections.abc import Sequence
+
+from gateway.config import GatewayConfig, config_path, load_config
+from gateway.errors import ConfigError
+
+log = logging.getLogger("gateway")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the server")
+    _config_arg(serve)
+    serve.add_argument("--host", help="overrides server.host")
+    serve.add_argument("--port", type=int, help="overrides server.port")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (SO_REUSEPORT); default 1",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate the config and the tool specs")
+    _config_arg(check)
+    check.set_defaults(func=cmd_check)
+
+    tools = sub.add_parser("tools", help="print the functions offered, as JSON")
+    _config_arg(tools)
+    which = tools.add_mutually_exclusive_group()
+    which.add_argument("--model", help="only the functions offered to this model id")
+    which.add_argument("--toolset", help="only this toolset's functions")
+    tools.set_defaults(func=cmd_tools)
+    return p
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config file (default: $GATEWAY_CONFIG or config/gateway.yaml)")
+
+
+# --- serve -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    config = load_config(path)
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    log.info("config %s: %d model(s), %d toolset(s)", path, len(config.models), len(config.tools))
+    if args.workers <= 1:
+        run(config, host, port, reuse_port=False)
+        return 0
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(str(path), host, port, args.log_level))
+        for _ in range(args.workers)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.terminate()
+    return 0
+
+
+def _worker(path: str, host: str, port: int, level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
+    )
+    run(load_config(path), host, port, reuse_port=True)
+
+
+def run(config: GatewayConfig, host: str, port: int, *, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    _install_uvloop()
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        reuse_port=reuse_port or None,
+        handler_cancellation=True,
+        access_log=None,
+        print=lambda s: log.info("%s", s.strip()),
+    )
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+# --- check and tools ---------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    config = load_config(path)
+    print(f"{path}: OK")
+    print(
+        f"server: http://{config.server.host}:{config.server.port} "
+        f"(client keys: {'required' if config.server.api_keys else 'not required'})"
+    )
+    for m in config.models:
+        extras = []
+        if m.fallbacks:
+            extras.append(f"fallbacks: {', '.join(m.fallbacks)}")
+        if m.tools:
+            extras.append(f"tools: {', '.join(m.tools)}")
+        if m.api_key is not None and not m.api_key.get_secret_value():
+            hint = config.key_hints.get(m.id)
+            extras.append(
+                "WARNING: empty api_key" + (f" (set {' or '.join(hint)})" if hint else "")
+            )
+        tail = f" [{'; '.join(extras)}]" if extras else ""
+        print(f"model {m.id} -> {m.base_url} as {m.upstream_model or m.id}{tail}")
+    return _check_tools(config)
+
+
+def _check_tools(config: GatewayConfig) -> int:
+    return 0
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    print("[]")
+    return 0

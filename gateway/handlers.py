@@ -1,0 +1,214 @@
+"""HTTP handlers: ``/v1/chat/completions``, ``/v1/models``, other ``/v1`` POSTs, ``/healthz``.
+
+The pass-through path parses the request once (to find the model), rewrites it only when
+the route asks for a change, and relays the upstream's bytes to the client untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway import stream
+from gateway.app import CONFIG, REQUEST_ID, ROUTER, UPSTREAM
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, NotFound
+from gateway.routing import Route
+from gateway.upstream import BodyFor, Reply
+
+log = logging.getLogger("gateway.handlers")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", get_model)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/{tail:.+}", other_endpoint)
+    app.on_startup.append(_cache_models)
+
+
+# --- models ------------------------------------------------------------------------------
+
+MODELS_BODY = web.AppKey("models_body", bytes)
+MODEL_CARDS = web.AppKey("model_cards", dict)
+
+
+async def _cache_models(app: web.Application) -> None:
+    created = int(time.time())
+    cards = {
+        m.id: {"id": m.id, "object": "model", "created": created, "owned_by": "gateway"}
+        for m in app[CONFIG].models
+    }
+    app[MODEL_CARDS] = {k: orjson.dumps(v) for k, v in cards.items()}
+    app[MODELS_BODY] = orjson.dumps({"object": "list", "data": list(cards.values())})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[MODELS_BODY], content_type="application/json")
+
+
+async def get_model(request: web.Request) -> web.Response:
+    model_id = request.match_info["model_id"]
+    card = request.app[MODEL_CARDS].get(model_id)
+    if card is None:
+        request.app[ROUTER].resolve(model_id)  # raises the usual model_not_found error
+    return web.Response(body=card, content_type="application/json")
+
+
+# --- completions -------------------------------------------------------------------------
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    raw, body = await read_json(request)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest(
+            "'messages' is required and must be a non-empty array of message objects.",
+            param="messages",
+        )
+    route = resolve(request, body)
+    if route.toolsets:
+        from gateway import loop_handler
+
+        return await loop_handler.handle(request, route, body)
+    return await proxy(request, route, "/chat/completions", raw, body)
+
+
+async def other_endpoint(request: web.Request) -> web.StreamResponse:
+    """Any other OpenAI POST endpoint whose JSON body names a configured model."""
+    tail = request.match_info["tail"]
+    if request.content_type not in ("application/json", ""):
+        raise NotFound(
+            f"POST /v1/{tail}: the gateway proxies JSON requests that name a model; "
+            f"this one is {request.content_type}."
+        )
+    raw, body = await read_json(request)
+    route = resolve(request, body)
+    return await proxy(request, route, f"/{tail}", raw, body)
+
+
+async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        try:  # orjson refuses integers past 64 bits; the standard library does not
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            what = "empty" if not raw else f"not valid JSON ({e})"
+            raise InvalidRequest(f"The request body is {what}; send a JSON object.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return raw, body
+
+
+def resolve(request: web.Request, body: dict[str, Any]) -> Route:
+    model = body.get("model")
+    if model is None or model == "":
+        raise InvalidRequest(
+            "'model' is required: name one of the gateway's models.", param="model"
+        )
+    if not isinstance(model, str):
+        raise ModelNotFound(f"'model' must be a string, got {type(model).__name__}", param="model")
+    return request.app[ROUTER].resolve(model)
+
+
+def body_for(raw: bytes, body: dict[str, Any]) -> BodyFor:
+    """What to send to each route: the client's bytes as they are when nothing changes."""
+
+    def build(route: Route) -> bytes:
+        if route.upstream_model == body.get("model") and not route.params:
+            return raw
+        out = dict(body)
+        out["model"] = route.upstream_model
+        for key, value in route.params.items():
+            out.setdefault(key, value)
+        return dumps(out)
+
+    return build
+
+
+def dumps(obj: Any) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # integers past 64 bits
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def proxy(
+    request: web.Request, route: Route, path: str, raw: bytes, body: dict[str, Any]
+) -> web.StreamResponse:
+    router = request.app[ROUTER]
+    wants_stream = body.get("stream") is True
+    reply = await request.app[UPSTREAM].call(
+        router.chain(route),
+        path,
+        body_for(raw, body),
+        stream=wants_stream,
+        request_id=request[REQUEST_ID],
+        query=request.query_string,
+    )
+    if reply.body is not None:
+        return web.Response(status=reply.status, body=reply.body, headers=reply.client_headers())
+    return await relay(request, reply)
+
+
+async def relay(request: web.Request, reply: Reply) -> web.StreamResponse:
+    """Forward an upstream SSE stream chunk by chunk, as it arrives."""
+    headers = reply.client_headers()
+    headers["Cache-Control"] = "no-cache"
+    response = web.StreamResponse(status=reply.status, headers=headers)
+    try:
+        await response.prepare(request)
+        async for chunk in reply.response.content.iter_any():
+            await response.write(chunk)
+    except (asyncio.TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
+        reply.close()
+        if isinstance(e, (ConnectionResetError, aiohttp.ClientConnectionResetError)):
+            return response  # the client went away
+        await _write_quietly(response, stream.error_event(_midstream_error(reply, e)))
+        return response
+    except BaseException:
+        reply.close()  # cancelled (client disconnected) or a bug: drop the upstream at once
+        raise
+    reply.release()
+    await response.write_eof()
+    return response
+
+
+def _midstream_error(reply: Reply, e: BaseException) -> GatewayError:
+    route = reply.route
+    if isinstance(e, asyncio.TimeoutError):
+        return GatewayError(
+            f"The upstream of model {route.id!r} at {route.host} stopped sending "
+            f"for {route.timeout:g} s in the middle of the stream",
+            type="upstream_error",
+            code="upstream_timeout",
+            status=504,
+        )
+    return GatewayError(
+        f"The upstream of model {route.id!r} at {route.host} broke off the "
+        f"stream ({type(e).__name__})",
+        type="upstream_error",
+        code="upstream_unreachable",
+        status=502,
+    )
+
+
+async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
+    try:
+        await response.write(data)
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass

@@ -1,0 +1,87 @@
+"""Model id -> route: everything the upstream call needs, computed once at start-up. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.config import GatewayConfig, ModelConfig
+from gateway.errors import ModelNotFound, UpstreamKeyMissing
+
+
+@dataclass(frozen=True)
+class Route:
+    id: str
+    base_url: str
+    upstream_model: str
+    params: dict[str, Any]
+    headers: dict[str, str]  # extra headers plus Authorization, ready to send
+    timeout: float
+    retries: int
+    backoff: float
+    fallbacks: tuple[str, ...]
+    toolsets: tuple[str, ...]
+    key_problem: str | None = None  # why the key is unusable, raised at request time
+    host: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host", urlsplit(self.base_url).netloc)
+
+    def url(self, path: str) -> str:
+        """``path`` is the part after ``/v1``, e.g. ``/chat/completions``."""
+        return self.base_url + path
+
+    def check_key(self) -> None:
+        if self.key_problem:
+            raise UpstreamKeyMissing(self.key_problem)
+
+
+def build_route(m: ModelConfig, key_hints: list[str] | None = None) -> Route:
+    headers = dict(m.headers)
+    problem = None
+    if m.api_key is not None:
+        key = m.api_key.get_secret_value()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        else:
+            hint = f" (set {' or '.join(key_hints)})" if key_hints else ""
+            problem = (
+                f"model {m.id!r} has an empty api_key in the gateway config{hint}; "
+                "the request was not sent upstream"
+            )
+    return Route(
+        id=m.id,
+        base_url=m.base_url,
+        upstream_model=m.upstream_model or m.id,
+        params=dict(m.params),
+        headers=headers,
+        timeout=m.timeout,
+        retries=m.retries,
+        backoff=m.backoff,
+        fallbacks=tuple(m.fallbacks),
+        toolsets=tuple(m.tools),
+        key_problem=problem,
+    )
+
+
+class Router:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.routes: dict[str, Route] = {
+            m.id: build_route(m, config.key_hints.get(m.id)) for m in config.models
+        }
+
+    def resolve(self, model_id: Any) -> Route:
+        route = self.routes.get(model_id) if isinstance(model_id, str) else None
+        if route is None:
+            known = ", ".join(self.routes) or "none"
+            raise ModelNotFound(
+                f"The model {model_id!r} does not exist on this gateway. "
+                f"Configured models: {known}",
+                param="model",
+            )
+        return route
+
+    def chain(self, route: Route) -> list[Route]:
+        """The route followed by its fallbacks, in order."""
+        return [route] + [self.routes[f] for f in route.fallbacks]

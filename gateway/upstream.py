@@ -1,0 +1,258 @@
+"""The only code that talks to LLM servers.
+
+One pooled ``aiohttp.ClientSession`` for the life of the app. ``Upstream.call`` sends one
+request along a chain of routes (the model, then its fallbacks), retrying connection
+errors, 429 and 5xx with exponential backoff that honours ``Retry-After``. It returns only
+a successful reply; every failure becomes an ``UpstreamError`` here and nowhere else.
+Nothing is retried once the caller has started to send the reply to its client: ``call``
+returns before that point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from gateway.routing import Route
+
+log = logging.getLogger("gateway.upstream")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 60.0
+MAX_ERROR_BODY = 1 << 20
+#: upstream response headers worth passing on to the client
+_FORWARD_PREFIXES = ("openai-", "x-ratelimit-", "anthropic-")
+_FORWARD_HEADERS = frozenset({"content-type", "retry-after"})
+
+
+@dataclass
+class Reply:
+    """A successful upstream answer; ``response`` is open (stream) or already read (``body``)."""
+
+    route: Route
+    response: aiohttp.ClientResponse
+    body: bytes | None
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    def client_headers(self) -> CIMultiDict[str]:
+        return forwarded_headers(self.response.headers)
+
+    def release(self) -> None:
+        self.response.release()
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def forwarded_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        low = name.lower()
+        if low in _FORWARD_HEADERS or low.startswith(_FORWARD_PREFIXES):
+            out.add(name, value)
+    return out
+
+
+def new_session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("User-Agent",),
+        json_serialize=lambda o: orjson.dumps(o).decode(),
+    )
+
+
+BodyFor = Callable[[Route], bytes]
+
+
+class Upstream:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def call(
+        self,
+        chain: list[Route],
+        path: str,
+        body_for: BodyFor,
+        *,
+        stream: bool,
+        request_id: str = "",
+        query: str = "",
+    ) -> Reply:
+        """Send to the first route that answers successfully; raise the last failure."""
+        error: UpstreamError | None = None
+        for route in chain:
+            try:
+                return await self._call_route(
+                    route, path, body_for(route), stream, request_id, query
+                )
+            except UpstreamError as e:
+                error = e
+                if not _falls_back(e) or route is chain[-1]:
+                    raise
+                log.warning("model %s failed (%s); falling back", route.id, e.message)
+        raise error or UpstreamUnreachable("no route")  # pragma: no cover - chain is never empty
+
+    async def _call_route(
+        self, route: Route, path: str, body: bytes, stream: bool, request_id: str, query: str
+    ) -> Reply:
+        route.check_key()
+        headers = {**route.headers, "Content-Type": "application/json"}
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        if stream:
+            headers["Accept"] = "text/event-stream"
+        url = route.url(path) + (f"?{query}" if query else "")
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=route.timeout, sock_read=route.timeout
+        )
+        for attempt in range(route.retries + 1):
+            last = attempt == route.retries
+            try:
+                resp = await self.session.post(url, data=body, headers=headers, timeout=timeout)
+            except aiohttp.ClientConnectionError as e:
+                if last or isinstance(e, aiohttp.ServerTimeoutError):
+                    raise _connection_error(route, e) from None
+                await asyncio.sleep(_delay(route, attempt, None))
+                continue
+            except asyncio.TimeoutError:
+                raise _timeout(route) from None
+            if resp.status < 400:
+                return await _finish(route, resp, stream)
+            if resp.status in RETRY_STATUSES and not last:
+                delay = _delay(route, attempt, resp.headers.get("Retry-After"))
+                resp.release()
+                if delay is not None:
+                    log.info(
+                        "model %s: HTTP %s, retry %d in %.2fs",
+                        route.id,
+                        resp.status,
+                        attempt + 1,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+            raise await error_from_response(route, resp)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _finish(route: Route, resp: aiohttp.ClientResponse, stream: bool) -> Reply:
+    if stream and resp.content_type == "text/event-stream":
+        return Reply(route, resp, None)
+    try:
+        body = await resp.read()
+    except asyncio.TimeoutError:
+        resp.close()
+        raise _timeout(route) from None
+    except aiohttp.ClientError as e:
+        resp.close()
+        raise _connection_error(route, e) from None
+    return Reply(route, resp, body)
+
+
+def _falls_back(e: UpstreamError) -> bool:
+    return isinstance(e, (UpstreamUnreachable, UpstreamTimeout)) or e.status in RETRY_STATUSES
+
+
+def _delay(route: Route, attempt: int, retry_after: str | None) -> float | None:
+    """Seconds to wait before the next attempt; None when Retry-After asks for too long."""
+    base = route.backoff * (2**attempt)
+    if retry_after:
+        wanted = parse_retry_after(retry_after)
+        if wanted is not None:
+            return wanted if wanted <= MAX_RETRY_AFTER else None
+    return min(base, MAX_RETRY_AFTER)
+
+
+def parse_retry_after(value: str) -> float | None:
+    """``Retry-After`` as seconds (a number, or an HTTP date); None when unreadable."""
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _connection_error(route: Route, e: Exception) -> UpstreamError:
+    if isinstance(e, aiohttp.ServerTimeoutError):
+        return _timeout(route)
+    reason = type(e).__name__
+    if isinstance(e, aiohttp.ClientConnectorError):
+        reason = str(e.os_error.strerror or e.os_error) if e.os_error else reason
+    return UpstreamUnreachable(
+        f"Could not reach the upstream of model {route.id!r} at {route.host}: {reason}"
+    )
+
+
+def _timeout(route: Route) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"The upstream of model {route.id!r} at {route.host} did not answer within "
+        f"{route.timeout:g} s"
+    )
+
+
+async def error_from_response(route: Route, resp: aiohttp.ClientResponse) -> UpstreamError:
+    """Turn an upstream error status into our error, keeping its status and message."""
+    try:
+        raw = await resp.content.read(MAX_ERROR_BODY)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        raw = b""
+    finally:
+        resp.release()
+    status = resp.status
+    if status in (401, 403):
+        return UpstreamError(
+            f"The upstream of model {route.id!r} ({route.host}) rejected the gateway's API key "
+            f"(HTTP {status}). Check this model's api_key in the gateway config.",
+            status=status,
+            type="invalid_request_error",
+            code="invalid_api_key",
+        )
+    error, message = _upstream_error(raw)
+    message = scrub(message or f"HTTP {status} from the upstream of model {route.id!r}", route)
+    etype = "invalid_request_error" if status < 500 else "upstream_error"
+    if error is not None:
+        error = {k: (scrub(v, route) if isinstance(v, str) else v) for k, v in error.items()}
+    return UpstreamError(message, error=error, status=status, type=etype, code=None)
+
+
+def _upstream_error(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, raw.decode("utf-8", "replace").strip()[:2000]
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err, err["message"]
+        for key in ("error", "message", "detail"):
+            if isinstance(data.get(key), str):
+                return None, data[key]
+    return None, raw.decode("utf-8", "replace").strip()[:2000]
+
+
+def scrub(text: str, route: Route) -> str:
+    """Remove the route's key from text an upstream sends back (some echo it)."""
+    auth = route.headers.get("Authorization", "")
+    key = auth.removeprefix("Bearer ")
+    if key and key in text:
+        text = text.replace(key, "[redacted]")
+    return text

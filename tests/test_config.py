@@ -1,0 +1,247 @@
+"""The config file: interpolation, validation messages with key paths, LiteLLM's spelling."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import build_config, load_config
+from gateway.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def problems(raw, tmp_path=Path(".")):
+    with pytest.raises(ConfigError) as e:
+        build_config(raw, "cfg.yaml", tmp_path)
+    return e.value.problems
+
+
+def test_example_config_loads_with_no_environment(monkeypatch):
+    for var in ("OPENAI_API_KEY", "GATEWAY_API_KEY", "PETSTORE_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    config = load_config(ROOT / "config" / "gateway.yaml")
+    assert config.models and config.server.api_keys == []
+
+
+def test_interpolation_with_defaults_and_escapes(monkeypatch):
+    monkeypatch.setenv("UP_URL", "http://up:1/v1")
+    monkeypatch.delenv("NOPE", raising=False)
+    config = build_config(
+        {
+            "models": [
+                {
+                    "id": "m",
+                    "base_url": "${UP_URL}",
+                    "api_key": "${NOPE:-fallback}",
+                    "headers": {"X-Price": "$$5 ${NOPE:-}x"},
+                }
+            ]
+        },
+        "cfg",
+        Path("."),
+    )
+    m = config.models[0]
+    assert m.base_url == "http://up:1/v1"
+    assert m.api_key.get_secret_value() == "fallback"
+    assert m.headers["X-Price"] == "$5 x"
+
+
+def test_unset_variable_without_default_names_variable_and_key(monkeypatch):
+    monkeypatch.delenv("MISSING_KEY_VAR", raising=False)
+    assert problems(
+        {"models": [{"id": "m", "base_url": "http://x", "api_key": "${MISSING_KEY_VAR}"}]}
+    ) == ["models[0].api_key: environment variable MISSING_KEY_VAR is not set"]
+
+
+def test_errors_name_exact_key_paths():
+    found = problems(
+        {
+            "server": {"port": "high", "colour": "red"},
+            "models": [
+                {"id": "a", "base_url": "http://a", "timeout": "soon"},
+                {"id": "b", "base_url": "ftp://b"},
+                {"id": "a", "base_url": "http://c", "fallbacks": ["zz", "a"]},
+                {"base_url": "http://d"},
+            ],
+        }
+    )
+    assert (
+        "server.port: Input should be a valid integer, unable to parse string as an integer"
+        in found
+    )
+    assert "server.colour: unknown key" in found
+    assert any(p.startswith("models[0].timeout: Input should be a valid number") for p in found)
+    assert (
+        "models[1].base_url: must be an http:// or https:// URL with a host, got 'ftp://b'" in found
+    )
+    assert "models[3].id: required key is missing" in found
+
+
+def test_cross_checks_name_paths():
+    found = problems(
+        {
+            "models": [
+                {"id": "a", "base_url": "http://a", "fallbacks": ["zz", "a"], "tools": ["pets"]},
+                {"id": "a", "base_url": "http://c"},
+            ]
+        }
+    )
+    assert found == [
+        "models[1].id: duplicate 'a' (first at models[0])",
+        "models[0].fallbacks[0]: unknown model id 'zz' (configured: a, a)",
+        "models[0].fallbacks[1]: a model cannot fall back to itself",
+        "models[0].tools[0]: unknown toolset 'pets' (configured: none)",
+    ]
+
+
+def test_malformed_yaml_gives_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("models:\n  - id: a\n    base_url: [unclosed\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert e.value.source == str(path)
+    assert e.value.problems[0].startswith("line 4, column 1:")
+
+
+def test_unreadable_file_is_named(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "nope.yaml")
+    assert "nope.yaml" in str(e.value) and "cannot read" in str(e.value)
+
+
+def test_environment_overrides_file(monkeypatch):
+    monkeypatch.setenv("GATEWAY_SERVER__PORT", "9123")
+    monkeypatch.setenv("GATEWAY_LIMITS__MAX_TOOL_ROUNDS", "3")
+    config = build_config({"server": {"port": 8080, "host": "0.0.0.0"}}, "cfg", Path("."))
+    assert config.server.port == 9123 and config.server.host == "0.0.0.0"
+    assert config.limits.max_tool_rounds == 3
+
+
+def test_secrets_never_in_repr():
+    config = build_config(
+        {
+            "server": {"api_keys": ["client-secret"]},
+            "models": [{"id": "m", "base_url": "http://a", "api_key": "sk-very-secret"}],
+        },
+        "cfg",
+        Path("."),
+    )
+    assert "sk-very-secret" not in repr(config) and "client-secret" not in repr(config)
+
+
+def test_litellm_model_list_is_converted(monkeypatch):
+    monkeypatch.setenv("AZ_KEY", "sk-az")
+    monkeypatch.delenv("NOT_THERE", raising=False)
+    config = build_config(
+        {
+            "model_list": [
+                {
+                    "model_name": "gpt-4o",
+                    "litellm_params": {
+                        "model": "openai/gpt-4o",
+                        "api_base": "http://vllm:8000/v1",
+                        "api_key": "os.environ/AZ_KEY",
+                        "temperature": 0.1,
+                        "timeout": 20,
+                    },
+                },
+                {
+                    "model_name": "local",
+                    "litellm_params": {
+                        "model": "openai/llama",
+                        "api_base": "http://ollama/v1",
+                        "api_key": "os.environ/NOT_THERE",
+                    },
+                },
+            ],
+            "general_settings": {"master_key": "sk-master"},
+        },
+        "litellm.yaml",
+        Path("."),
+    )
+    first, second = config.models
+    assert (first.id, first.upstream_model, first.base_url) == (
+        "gpt-4o",
+        "gpt-4o",
+        "http://vllm:8000/v1",
+    )
+    assert first.api_key.get_secret_value() == "sk-az"
+    assert first.params == {"temperature": 0.1} and first.timeout == 20
+    assert second.upstream_model == "llama" and second.api_key.get_secret_value() == ""
+    assert config.key_hints == {"local": ["NOT_THERE"]}
+    assert [k.get_secret_value() for k in config.server.api_keys] == ["sk-master"]
+
+
+def test_litellm_unknown_params_are_reported():
+    found = problems(
+        {
+            "model_list": [
+                {
+                    "model_name": "x",
+                    "litellm_params": {"model": "openai/x", "api_base": "http://x", "rpm": 5},
+                }
+            ]
+        }
+    )
+    assert found == ["models[0].litellm_params: unknown key"]
+
+
+def test_check_command_reports_ok_and_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert main(["check", "--config", str(ROOT / "config" / "gateway.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "model gpt-4o-mini" in out and "OPENAI_API_KEY" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - id: a\n    base_url: http://a\n    timeout: -1\n")
+    assert main(["check", "--config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "models[0].timeout: Input should be greater than 0" in err
+
+
+def test_config_path_from_environment(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "env.yaml"
+    path.write_text("models: []\n")
+    monkeypatch.setenv("GATEWAY_CONFIG", str(path))
+    assert main(["check"]) == 0
+    assert str(path) in capsys.readouterr().out
+
+
+def test_console_script_entry_point_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "serve" in out and "check" in out and "tools" in out
+
+
+def test_serve_starts_on_example_config_with_empty_environment(unused_tcp_port):
+    import os
+    import time
+    import urllib.request
+
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(unused_tcp_port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{unused_tcp_port}/healthz") as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "gateway did not start"
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
