@@ -18,7 +18,9 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig
 from gateway.errors import AuthenticationFailed, GatewayError, error_body
+from gateway.openapi.load import fetch_with
 from gateway.routing import Router
+from gateway.tools import ToolSet, load_tools
 from gateway.upstream import Upstream, new_session
 
 log = logging.getLogger("gateway")
@@ -26,6 +28,7 @@ log = logging.getLogger("gateway")
 CONFIG = web.AppKey("config", GatewayConfig)
 ROUTER = web.AppKey("router", Router)
 UPSTREAM = web.AppKey("upstream", Upstream)
+TOOLS = web.AppKey("tools", ToolSet)
 REQUEST_ID: Any = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PUBLIC_PATHS = frozenset({"/healthz"})
@@ -100,7 +103,8 @@ async def _set_request_id(request: web.Request, response: web.StreamResponse) ->
     response.headers["x-request-id"] = request.get(REQUEST_ID) or uuid.uuid4().hex
 
 
-def create_app(config: GatewayConfig) -> web.Application:
+def create_app(config: GatewayConfig, tools: ToolSet | None = None) -> web.Application:
+    """The app; ``tools`` already loaded (the CLI does that), else loaded at start-up."""
     from gateway import handlers
 
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [
@@ -113,6 +117,8 @@ def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[ROUTER] = Router(config)
+    if tools is not None:
+        app[TOOLS] = tools
     app.cleanup_ctx.append(_upstream_session)
     app.on_response_prepare.append(_set_request_id)
     handlers.add_routes(app)
@@ -122,5 +128,7 @@ def create_app(config: GatewayConfig) -> web.Application:
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     session = new_session()
     app[UPSTREAM] = Upstream(session)
+    if TOOLS not in app:
+        app[TOOLS] = await load_tools(app[CONFIG], fetch_with(session))
     yield
     await session.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import multiprocessing
 import sys
@@ -11,6 +12,9 @@ from collections.abc import Sequence
 
 from gateway.config import GatewayConfig, config_path, load_config
 from gateway.errors import ConfigError
+from gateway.openapi.load import fetch_with
+from gateway.tools import EMPTY, ToolSet, listing, load_tools
+from gateway.upstream import new_session
 
 log = logging.getLogger("gateway")
 
@@ -71,8 +75,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     log.info("config %s: %d model(s), %d toolset(s)", path, len(config.models), len(config.tools))
+    tools = load_tools_sync(config)  # bad specs fail here, with their file named
     if args.workers <= 1:
-        run(config, host, port, reuse_port=False)
+        run(config, host, port, reuse_port=False, tools=tools)
         return 0
     ctx = multiprocessing.get_context("spawn")
     procs = [
@@ -98,14 +103,17 @@ def _worker(path: str, host: str, port: int, level: str) -> None:
     run(load_config(path), host, port, reuse_port=True)
 
 
-def run(config: GatewayConfig, host: str, port: int, *, reuse_port: bool) -> None:
+def run(
+    config: GatewayConfig, host: str, port: int, *, reuse_port: bool, tools: ToolSet | None = None
+) -> None:
+    """Serve until interrupted (``tools`` already loaded, else loaded at start-up)."""
     from aiohttp import web
 
     from gateway.app import create_app
 
     _install_uvloop()
     web.run_app(
-        create_app(config),
+        create_app(config, tools),
         host=host,
         port=port,
         reuse_port=reuse_port or None,
@@ -151,9 +159,47 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _check_tools(config: GatewayConfig) -> int:
+    tools = load_tools_sync(config)
+    for r in tools.reports:
+        print(
+            f"toolset {r.name} ({r.spec}, {_version_name(r.version)}): {r.converted} "
+            f"operation(s) converted, {len(r.skipped)} skipped"
+            + (f", {r.cuts} recursive schema(s) cut" if r.cuts else "")
+        )
+    for model_id, offered in tools.by_model.items():
+        print(f"model {model_id} is offered {len(offered)} function(s)")
+    for warning in tools.warnings():
+        print(f"WARNING: {warning}")
     return 0
 
 
+def _version_name(version: str) -> str:
+    return "Swagger 2.0" if version == "2.0" else f"OpenAPI {version}"
+
+
+def load_tools_sync(config: GatewayConfig) -> ToolSet:
+    """Load and convert every toolset, fetching URL specs with the gateway's own client."""
+    if not config.tools:
+        return EMPTY
+
+    async def go() -> ToolSet:
+        session = new_session()
+        try:
+            return await load_tools(config, fetch_with(session))
+        finally:
+            await session.close()
+
+    return asyncio.run(go())
+
+
 def cmd_tools(args: argparse.Namespace) -> int:
-    print("[]")
+    config = load_config(config_path(args.config))
+    if args.model is not None and config.model(args.model) is None:
+        raise ConfigError("gateway tools", [f"--model: unknown model id {args.model!r}"])
+    if args.toolset is not None and args.toolset not in {t.name for t in config.tools}:
+        raise ConfigError("gateway tools", [f"--toolset: unknown toolset {args.toolset!r}"])
+    logging.getLogger("gateway.tools").setLevel(logging.ERROR)  # warnings belong to `check`
+    tools = load_tools_sync(config)
+    items = listing(tools, model=args.model, name=args.toolset)
+    sys.stdout.write(json.dumps(items, indent=2, ensure_ascii=False) + "\n")
     return 0

@@ -1,0 +1,448 @@
+"""Operations of a loaded spec -> ``Operation`` + OpenAI function tools. Pure; runs at start-up.
+
+Rules (documented in the README):
+- Path, query, header and cookie parameters become top-level properties named after the
+  parameter; the body is the property ``requestBody``. The first parameter to claim a name
+  keeps it, in the order path, query, header, cookie; a later one is renamed
+  ``<location>_<name>`` (then ``..._2``, ``_3``). ``requestBody`` always belongs to the body.
+  Names outside ``[A-Za-z0-9_.-]`` are replaced by ``_``.
+- ``Accept``, ``Content-Type`` and ``Authorization`` header parameters are ignored (as the
+  OpenAPI spec says), and so are the parameters the toolset's ``auth`` supplies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
+
+from gateway.config import ToolsetConfig
+from gateway.openapi.ir import BODY_ARG, Body, Operation, Param, Skipped, Tool
+from gateway.openapi.load import Spec
+from gateway.openapi.schema import SchemaError, Schemas
+
+if TYPE_CHECKING:
+    from referencing._core import Resolver
+
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+LOCATIONS = ("path", "query", "header", "cookie")
+IGNORED_HEADERS = frozenset({"accept", "content-type", "authorization"})
+MAX_NAME = 64
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+_UNDERSCORES = re.compile(r"__+")
+_ARG_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
+_STYLE_DEFAULT = {"path": "simple", "header": "simple", "query": "form", "cookie": "form"}
+_COLLECTION = {
+    "csv": ("form", False),
+    "ssv": ("spaceDelimited", False),
+    "pipes": ("pipeDelimited", False),
+    "multi": ("form", True),
+    "tsv": ("form", False),
+}
+_V2_SCHEMA_KEYS = (
+    "type",
+    "format",
+    "items",
+    "enum",
+    "default",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "multipleOf",
+    "x-nullable",
+)
+
+
+class Converter:
+    """Converts the operations of one toolset's spec."""
+
+    def __init__(self, spec: Spec, config: ToolsetConfig, max_description: int = 1024) -> None:
+        self.spec = spec
+        self.config = config
+        self.max_description = max_description
+        self.schemas = Schemas()
+        self.v2 = spec.version == "2.0"
+        self.auth_params = _auth_params(config)
+
+    def convert(self) -> tuple[list[tuple[Operation, dict[str, Any]]], list[Skipped]]:
+        """Every selected operation with its parameters schema, and what was skipped."""
+        done: list[tuple[Operation, dict[str, Any]]] = []
+        skipped: list[Skipped] = []
+        resolver = self.spec.resolver()
+        paths = self.spec.document.get("paths")
+        if not isinstance(paths, dict):
+            return done, skipped
+        for path, item in paths.items():
+            for method, op, item_resolver, common in self._operations(
+                path, item, resolver, skipped
+            ):
+                if not self._selected(method, op):
+                    continue
+                try:
+                    done.append(self._operation(path, method, op, item_resolver, common, item))
+                except (SchemaError, ValueError, TypeError, KeyError) as e:
+                    skipped.append(Skipped(self.config.name, method.upper(), path, str(e)))
+        return done, skipped
+
+    def _operations(
+        self, path: str, item: Any, resolver: Resolver[Any], skipped: list[Skipped]
+    ) -> Iterable[tuple[str, dict[str, Any], Resolver[Any], list[Any]]]:
+        try:
+            item, resolver = self.schemas.resolve(item, resolver)
+        except SchemaError as e:
+            skipped.append(Skipped(self.config.name, "*", path, str(e)))
+            return
+        if not isinstance(item, dict):
+            return
+        common = item.get("parameters") if isinstance(item.get("parameters"), list) else []
+        for method in METHODS:
+            op = item.get(method)
+            if isinstance(op, dict):
+                yield method, op, resolver, common
+
+    def _selected(self, method: str, op: dict[str, Any]) -> bool:
+        keys = {f"method:{method}"} | {
+            f"tag:{t}" for t in op.get("tags") or [] if isinstance(t, str)
+        }
+        if isinstance(op.get("operationId"), str):
+            keys.add(op["operationId"])
+        if self.config.include and not keys & set(self.config.include):
+            return False
+        return not keys & set(self.config.exclude)
+
+    # --- one operation -------------------------------------------------------------------
+
+    def _operation(
+        self,
+        path: str,
+        method: str,
+        op: dict[str, Any],
+        resolver: Resolver[Any],
+        common: list[Any],
+        item: dict[str, Any],
+    ) -> tuple[Operation, dict[str, Any]]:
+        raw_params = self._merged_params(common, op.get("parameters") or [], resolver)
+        params: list[Param] = []
+        body: Body | None = None
+        v2_body: list[dict[str, Any]] = []
+        for raw, res in raw_params:
+            where = raw.get("in")
+            if self.v2 and where in ("body", "formData"):
+                v2_body.append(raw)
+                continue
+            param = self._param(raw, res, path)
+            if param is not None:
+                params.append(param)
+        if v2_body:
+            body = self._v2_body(v2_body, op, resolver)
+        elif "requestBody" in op:
+            body = self._body(op["requestBody"], resolver)
+        params = _assign_args(params)
+        operation = Operation(
+            toolset=self.config.name,
+            method=method.upper(),
+            path=path,
+            operation_id=op["operationId"] if isinstance(op.get("operationId"), str) else None,
+            summary=_text(op.get("summary")),
+            description=_text(op.get("description")),
+            tags=tuple(t for t in op.get("tags") or [] if isinstance(t, str)),
+            params=tuple(params),
+            body=body,
+            server=self._server(op, item),
+            deprecated=op.get("deprecated") is True,
+        )
+        return operation, _parameters_schema(params, body)
+
+    def _merged_params(
+        self, common: list[Any], own: Any, resolver: Resolver[Any]
+    ) -> list[tuple[dict[str, Any], Resolver[Any]]]:
+        merged: dict[tuple[str, str], tuple[dict[str, Any], Resolver[Any]]] = {}
+        for raw in [*common, *(own if isinstance(own, list) else [])]:
+            param, res = self.schemas.resolve(raw, resolver)
+            if not isinstance(param, dict) or not isinstance(param.get("name"), str):
+                raise ValueError("a parameter has no name")
+            merged[(param["name"], str(param.get("in")))] = (param, res)
+        return list(merged.values())
+
+    def _param(self, raw: dict[str, Any], resolver: Resolver[Any], path: str) -> Param | None:
+        name, where = raw["name"], raw.get("in")
+        if where not in LOCATIONS:
+            raise ValueError(f"parameter {name!r} has an unknown location {where!r}")
+        if where == "header" and name.lower() in IGNORED_HEADERS:
+            return None
+        if (where, name.lower() if where == "header" else name) in self.auth_params:
+            return None
+        if where == "path" and "{" + name + "}" not in path:
+            return None  # declared but not in the template: nothing to fill
+        content_type = None
+        if self.v2:
+            schema_src = {k: raw[k] for k in _V2_SCHEMA_KEYS if k in raw}
+            style, explode = _COLLECTION.get(raw.get("collectionFormat", "csv"), ("form", False))
+            if where in ("path", "header"):
+                style = "simple"
+        else:
+            style = raw.get("style") or _STYLE_DEFAULT[where]
+            explode = raw.get("explode", style == "form")
+            schema_src = raw.get("schema", {})
+            if "content" in raw and isinstance(raw["content"], dict) and raw["content"]:
+                content_type, media = next(iter(raw["content"].items()))
+                schema_src = media.get("schema", {}) if isinstance(media, dict) else {}
+        schema = dict(self.schemas.build(schema_src, resolver))
+        _describe(schema, raw)
+        return Param(
+            name=name,
+            location=where,
+            arg=name,
+            required=where == "path" or raw.get("required") is True,
+            schema=schema,
+            style=str(style),
+            explode=bool(explode),
+            allow_reserved=raw.get("allowReserved") is True,
+            content_type=content_type,
+        )
+
+    def _body(self, raw: Any, resolver: Resolver[Any]) -> Body | None:
+        raw, resolver = self.schemas.resolve(raw, resolver)
+        content = raw.get("content") if isinstance(raw, dict) else None
+        if not isinstance(content, dict) or not content:
+            return None
+        content_type = _pick_media_type(list(content))
+        if content_type is None:
+            if raw.get("required") is True:
+                raise ValueError(
+                    f"request body types {', '.join(content)} are not supported "
+                    "(only JSON, form, multipart and text)"
+                )
+            return None
+        media = content[content_type] if isinstance(content[content_type], dict) else {}
+        schema = dict(self.schemas.build(media.get("schema", {}), resolver))
+        if content_type.startswith("multipart/"):
+            schema = _without_files(schema)
+        if isinstance(raw.get("description"), str) and "description" not in schema:
+            schema["description"] = raw["description"]
+        encoding = media.get("encoding") if isinstance(media.get("encoding"), dict) else {}
+        return Body(content_type, raw.get("required") is True, schema, encoding)
+
+    def _v2_body(
+        self, raws: list[dict[str, Any]], op: dict[str, Any], resolver: Resolver[Any]
+    ) -> Body | None:
+        consumes = op.get("consumes") or self.spec.document.get("consumes") or []
+        body = next((r for r in raws if r.get("in") == "body"), None)
+        if body is not None:
+            json_type = next((c for c in consumes if "json" in c), "application/json")
+            schema = dict(self.schemas.build(body.get("schema", {}), resolver))
+            _describe(schema, body)
+            return Body(json_type, body.get("required") is True, schema)
+        multipart = any("multipart" in c for c in consumes)
+        content_type = "multipart/form-data" if multipart else "application/x-www-form-urlencoded"
+        props, required = {}, []
+        for raw in raws:
+            if raw.get("type") == "file":
+                continue
+            prop = self.schemas.build({k: raw[k] for k in _V2_SCHEMA_KEYS if k in raw}, resolver)
+            _describe(prop := dict(prop), raw)
+            props[raw["name"]] = prop
+            if raw.get("required") is True:
+                required.append(raw["name"])
+        if not props:
+            return None
+        schema: dict[str, Any] = {"type": "object", "properties": props}
+        if required:
+            schema["required"] = required
+        return Body(content_type, bool(required), schema)
+
+    def _server(self, op: dict[str, Any], item: dict[str, Any]) -> str | None:
+        if self.v2:
+            return _v2_server(self.spec.document, self.spec.uri)
+        for servers in (op.get("servers"), item.get("servers"), self.spec.document.get("servers")):
+            if isinstance(servers, list) and servers and isinstance(servers[0], dict):
+                return _server_url(servers[0], self.spec.uri)
+        return _server_url({"url": "/"}, self.spec.uri)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _auth_params(config: ToolsetConfig) -> set[tuple[str, str]]:
+    auth = config.auth
+    if auth is None:
+        return set()
+    if auth.type in ("bearer", "basic"):
+        return {("header", "authorization")}
+    where = auth.type  # header, query, cookie
+    name = auth.name.lower() if where == "header" else auth.name
+    return {(where, name)}
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _describe(schema: dict[str, Any], raw: dict[str, Any]) -> None:
+    if isinstance(raw.get("description"), str) and raw["description"].strip():
+        schema["description"] = raw["description"].strip()
+    if "example" in raw and "examples" not in schema:
+        schema["examples"] = [raw["example"]]
+    if raw.get("deprecated") is True:
+        schema["deprecated"] = True
+
+
+def _assign_args(params: list[Param]) -> list[Param]:
+    order = sorted(params, key=lambda p: LOCATIONS.index(p.location))
+    taken = {BODY_ARG}
+    out = []
+    for p in order:
+        arg = _ARG_BAD.sub("_", p.name)[:MAX_NAME] or "_"
+        if arg in taken:
+            arg = f"{p.location}_{arg}"[:MAX_NAME]
+        n = 2
+        base = arg
+        while arg in taken:
+            arg = f"{base[: MAX_NAME - 4]}_{n}"
+            n += 1
+        taken.add(arg)
+        out.append(replace(p, arg=arg))
+    return out
+
+
+def _parameters_schema(params: list[Param], body: Body | None) -> dict[str, Any]:
+    props: dict[str, Any] = {p.arg: p.schema for p in params}
+    required = [p.arg for p in params if p.required]
+    if body is not None:
+        props[BODY_ARG] = body.schema
+        if body.required:
+            required.append(BODY_ARG)
+    schema: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _pick_media_type(types: list[str]) -> str | None:
+    def rank(t: str) -> int:
+        low = t.lower().split(";")[0].strip()
+        if low == "application/json" or low.endswith("+json") or low == "*/*":
+            return 0
+        if "json" in low:
+            return 1
+        if low == "application/x-www-form-urlencoded":
+            return 2
+        if low == "multipart/form-data":
+            return 3
+        if low.startswith("text/"):
+            return 4
+        return 9
+
+    best = min(types, key=rank)
+    return best if rank(best) < 9 else None
+
+
+def _without_files(schema: dict[str, Any]) -> dict[str, Any]:
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return schema
+    files = {k for k, v in props.items() if isinstance(v, dict) and _is_file(v)}
+    if not files:
+        return schema
+    out = dict(schema)
+    out["properties"] = {k: v for k, v in props.items() if k not in files}
+    if "required" in out:
+        out["required"] = [r for r in out["required"] if r not in files]
+        if not out["required"]:
+            del out["required"]
+    return out
+
+
+def _is_file(schema: dict[str, Any]) -> bool:
+    if schema.get("format") in ("binary", "base64") or "contentMediaType" in schema:
+        return True
+    items = schema.get("items")
+    return isinstance(items, dict) and items.get("format") in ("binary", "base64")
+
+
+def _server_url(server: dict[str, Any], spec_uri: str) -> str | None:
+    url = server.get("url")
+    if not isinstance(url, str):
+        return None
+    for name, var in (server.get("variables") or {}).items():
+        if isinstance(var, dict) and "default" in var:
+            url = url.replace("{" + name + "}", str(var["default"]))
+    if not url.startswith(("http://", "https://")) and spec_uri.startswith("http"):
+        url = urljoin(spec_uri, url)
+    return url.rstrip("/") if url != "/" else ""
+
+
+def _v2_server(doc: dict[str, Any], spec_uri: str) -> str | None:
+    base_path = doc.get("basePath") if isinstance(doc.get("basePath"), str) else ""
+    host = doc.get("host")
+    if not isinstance(host, str) or not host:
+        return _server_url({"url": base_path or "/"}, spec_uri)
+    schemes = doc.get("schemes") or ["https"]
+    scheme = "https" if "https" in schemes else schemes[0]
+    return f"{scheme}://{host}{base_path}".rstrip("/")
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+def function_name(op: Operation, prefix: str) -> str:
+    """The name before de-duplication: operationId or method+path, sanitised, prefixed."""
+    base = op.operation_id or f"{op.method.lower()}_{op.path}"
+    clean = _UNDERSCORES.sub("_", _NAME_BAD.sub("_", base)).strip("_") or "operation"
+    name = f"{prefix}{clean}"
+    if len(name) > MAX_NAME:
+        name = f"{name[: MAX_NAME - 9]}_{_digest(op)}"
+    return name
+
+
+def _digest(op: Operation, extra: str = "") -> str:
+    key = f"{op.toolset}\0{op.method}\0{op.path}\0{extra}"
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def unique_names(ops: list[tuple[Operation, str]]) -> list[str]:
+    """Names unique across all toolsets: the first keeps its name, later ones get a suffix."""
+    taken: set[str] = set()
+    names = []
+    for op, name in ops:
+        attempt = 0
+        candidate = name
+        while candidate in taken:
+            suffix = _digest(op, str(attempt))
+            candidate = f"{name[: MAX_NAME - 9]}_{suffix}"
+            attempt += 1
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def description(op: Operation, limit: int) -> str:
+    parts = [p for p in (op.summary, op.description) if p]
+    if len(parts) == 2 and parts[1].startswith(parts[0]):
+        parts = parts[1:]
+    text = "\n\n".join(parts) or f"{op.method} {op.path}"
+    if op.deprecated:
+        text = "(deprecated) " + text
+    marker = " …[truncated]"
+    if len(text) > limit:
+        text = text[: limit - len(marker)].rstrip() + marker
+    return text
+
+
+def build_tools(converted: list[tuple[Operation, dict[str, Any], str]], limit: int) -> list[Tool]:
+    """(operation, parameters, prefix) in config order -> tools with unique names."""
+    names = unique_names([(op, function_name(op, prefix)) for op, _, prefix in converted])
+    return [
+        Tool(name, description(op, limit), params, op)
+        for name, (op, params, _) in zip(names, converted, strict=True)
+    ]

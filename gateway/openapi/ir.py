@@ -1,0 +1,90 @@
+"""The small model of an API operation that every later stage sees.
+
+The loader and converter resolve every spec-version quirk into these shapes once, at
+start-up; executing a call only looks things up in them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Location = Literal["path", "query", "header", "cookie"]
+BODY_ARG = "requestBody"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # the name on the wire
+    location: Location
+    arg: str  # the property name in the function's arguments
+    required: bool
+    schema: dict[str, Any]
+    style: str  # form, simple, label, matrix, spaceDelimited, pipeDelimited, deepObject
+    explode: bool
+    allow_reserved: bool = False
+    content_type: str | None = None  # a parameter given by `content`: value serialised as JSON
+
+
+@dataclass(frozen=True)
+class Body:
+    content_type: str
+    required: bool
+    schema: dict[str, Any]
+    #: per-property encoding for form bodies: {"prop": {"style", "explode", "contentType"}}
+    encoding: dict[str, dict[str, Any]] = field(default_factory=dict)
+    arg: str = BODY_ARG
+
+
+@dataclass(frozen=True)
+class Operation:
+    toolset: str
+    method: str  # upper case
+    path: str
+    operation_id: str | None
+    summary: str
+    description: str
+    tags: tuple[str, ...]
+    params: tuple[Param, ...]
+    body: Body | None
+    server: str | None  # resolved base URL from the spec (may be None or relative)
+    deprecated: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One OpenAI function, and how to turn its arguments back into the operation's request."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    operation: Operation
+
+    @property
+    def toolset(self) -> str:
+        return self.operation.toolset
+
+    def openai(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    toolset: str
+    method: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"toolset {self.toolset}: skipped {self.method} {self.path}: {self.reason}"
