@@ -16,8 +16,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway import stream
-from gateway.app import CONFIG, REQUEST_ID, ROUTER, UPSTREAM
+from gateway import loop_handler, stream
+from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, NotFound
 from gateway.routing import Route
 from gateway.upstream import BodyFor, Reply
@@ -78,9 +78,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             param="messages",
         )
     route = resolve(request, body)
-    if route.toolsets:
-        from gateway import loop_handler
-
+    if route.toolsets and request.app[TOOLS].for_model(route.id):
         return await loop_handler.handle(request, route, body)
     return await proxy(request, route, "/chat/completions", raw, body)
 

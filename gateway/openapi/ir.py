@@ -6,8 +6,11 @@ start-up; executing a call only looks things up in them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from jsonschema import Draft202012Validator
 
 Location = Literal["path", "query", "header", "cookie"]
 BODY_ARG = "requestBody"
@@ -67,6 +70,11 @@ class Tool:
     @property
     def toolset(self) -> str:
         return self.operation.toolset
+
+    @functools.cached_property
+    def validator(self) -> Draft202012Validator:
+        """Checks the model's arguments; built on the first call of this function."""
+        return Draft202012Validator(self.parameters)
 
     def openai(self) -> dict[str, Any]:
         return {

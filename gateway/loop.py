@@ -1,0 +1,274 @@
+"""The tool loop: ask the model, run the gateway's calls concurrently, append, ask again.
+
+No aiohttp here. The loop talks to a ``Backend`` (one upstream round, whole or streamed)
+and a ``run_call`` coroutine (one tool call -> the text of its tool message), and writes a
+stream through ``Output``; the tests script all three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway import stream
+from gateway.errors import GatewayError, UpstreamError
+from gateway.stream import StreamMerger, add_usage, new_call_id
+
+log = logging.getLogger("gateway.loop")
+
+RunCall = Callable[[str, str], Awaitable[str]]
+
+
+class Backend(Protocol):
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Connect (errors raise here, before anything is sent) and return the chunks."""
+        ...
+
+
+class Output(Protocol):
+    async def start(self) -> None: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    max_rounds: int = 8
+    keepalive_interval: float = 10.0
+
+
+class ToolLoop:
+    """One client request that may take several upstream rounds."""
+
+    def __init__(
+        self,
+        body: dict[str, Any],
+        gateway_tools: list[dict[str, Any]],
+        backend: Backend,
+        run_call: RunCall,
+        settings: LoopSettings,
+        request_id: str = "",
+    ) -> None:
+        self.body = body
+        self.client_tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+        self.client_names = {_tool_name(t) for t in self.client_tools} - {None}
+        # a client tool with the same name as a gateway function wins
+        self.gateway_tools = [t for t in gateway_tools if _tool_name(t) not in self.client_names]
+        self.backend = backend
+        self.run_call = run_call
+        self.settings = settings
+        self.request_id = request_id
+        self.messages = list(body["messages"])
+        self.rounds = 0  # rounds whose gateway calls were executed
+        self.calls_executed = 0
+
+    # --- shared --------------------------------------------------------------------------
+
+    @property
+    def final(self) -> bool:
+        """The last round offers no gateway tools, so the model must answer."""
+        return self.rounds >= self.settings.max_rounds
+
+    def request(self) -> dict[str, Any]:
+        body = dict(self.body)
+        body["messages"] = self.messages
+        tools = self.client_tools + ([] if self.final else self.gateway_tools)
+        if tools:
+            body["tools"] = tools
+            choice = body.get("tool_choice")
+            if (
+                self.final
+                and isinstance(choice, dict)
+                and _tool_name(choice) not in self.client_names
+            ):
+                body.pop("tool_choice")
+        else:
+            for key in ("tools", "tool_choice", "parallel_tool_calls"):
+                body.pop(key, None)
+        return body
+
+    def split(self, calls: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict]]:
+        """(gateway calls, client calls); a name the client did not send is the gateway's."""
+        client = [c for c in calls if c["function"]["name"] in self.client_names]
+        ours = [c for c in calls if c["function"]["name"] not in self.client_names]
+        if ours and self.final:
+            log.warning(
+                "request %s: the model called %s after the round limit; not executed",
+                self.request_id,
+                ", ".join(c["function"]["name"] for c in ours),
+            )
+            ours = []
+        return ours, client
+
+    async def run_calls(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All calls of a round at once; one tool message per call, in the calls' order."""
+        results = await asyncio.gather(
+            *(self.run_call(c["function"]["name"], c["function"]["arguments"]) for c in calls)
+        )
+        self.calls_executed += len(calls)
+        return [
+            {"role": "tool", "tool_call_id": c["id"], "content": r}
+            for c, r in zip(calls, results, strict=True)
+        ]
+
+    async def next_round(
+        self, content: str | None, calls: list[dict[str, Any]], results: list[dict[str, Any]]
+    ) -> None:
+        self.messages.append({"role": "assistant", "content": content, "tool_calls": calls})
+        self.messages.extend(results)
+        self.rounds += 1
+        if self.final:
+            log.warning(
+                "request %s: tool round limit (%d) reached; asking the model to answer "
+                "without gateway tools",
+                self.request_id,
+                self.settings.max_rounds,
+            )
+
+    # --- non-stream ----------------------------------------------------------------------
+
+    async def complete(self) -> dict[str, Any]:
+        usage: dict[str, Any] | None = None
+        while True:
+            response = await self.backend.complete(self.request())
+            usage = add_usage(usage, response.get("usage"))
+            choice = _first_choice(response)
+            message = choice.get("message") or {}
+            calls = _with_ids(message.get("tool_calls"))
+            ours, client = self.split(calls)
+            if ours and not client:
+                results = await self.run_calls(ours)
+                await self.next_round(message.get("content"), ours, results)
+                continue
+            if ours:  # mixed: run ours first, hand the client its own calls
+                await self.run_calls(ours)
+            _show_only(choice, message, client)
+            break
+        if usage is not None:
+            response["usage"] = usage
+        return response
+
+    # --- stream --------------------------------------------------------------------------
+
+    async def stream(self, out: Output) -> None:
+        options = self.body.get("stream_options")
+        merger = StreamMerger(
+            include_usage=isinstance(options, dict) and options.get("include_usage") is True
+        )
+        chunks = await self.backend.open_stream(self.request())
+        await out.start()
+        while True:
+            merger.begin_round()
+            content: list[str] = []
+            try:
+                async for chunk in chunks:
+                    if isinstance(chunk.get("error"), dict):
+                        await out.write(stream.event({"error": chunk["error"]}))
+                        return
+                    forward = merger.process(chunk)
+                    if forward is not None:
+                        content.extend(_contents(forward))
+                        await out.write(stream.event(forward))
+            except GatewayError as e:
+                await out.write(stream.error_event(e))
+                return
+            merger.end_round()
+            ours, client = self.split(merger.calls.calls())
+            if ours and not client:
+                results = await self.keepalive(self.run_calls(ours), out)
+                await self.next_round("".join(content) or None, ours, results)
+                try:
+                    chunks = await self.keepalive(self.backend.open_stream(self.request()), out)
+                except GatewayError as e:
+                    await out.write(stream.error_event(e))
+                    return
+                continue
+            if ours:
+                await self.keepalive(self.run_calls(ours), out)
+            await self._finish(out, merger, client)
+            return
+
+    async def _finish(self, out: Output, merger: StreamMerger, client: list[dict]) -> None:
+        if client:
+            await out.write(stream.event(merger.client_calls_chunk(client)))
+        reason = "tool_calls" if client else merger.finish_reason
+        if reason in (None, "tool_calls") and not client:
+            reason = "stop"
+        await out.write(stream.event(merger.chunk({}, reason)))
+        if merger.include_usage and merger.usage is not None:
+            await out.write(stream.event(merger.usage_chunk()))
+        await out.write(stream.DONE)
+
+    async def keepalive(self, awaitable: Awaitable[Any], out: Output) -> Any:
+        """Await while writing an SSE comment every ``keepalive_interval`` seconds."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.settings.keepalive_interval)
+                if done:
+                    return task.result()
+                await out.write(stream.comment("keepalive"))
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def _tool_name(tool: Any) -> str | None:
+    if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
+        name = tool["function"].get("name")
+        return name if isinstance(name, str) else None
+    return None
+
+
+def _first_choice(response: dict[str, Any]) -> dict[str, Any]:
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamError("The upstream's reply has no choices", status=502)
+    return choices[0]
+
+
+def _with_ids(calls: Any) -> list[dict[str, Any]]:
+    out = []
+    for call in calls if isinstance(calls, list) else []:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            continue
+        args = fn.get("arguments")
+        if not isinstance(args, str):
+            import orjson
+
+            args = orjson.dumps(args if args is not None else {}).decode()
+        out.append(
+            {
+                "id": call.get("id") or new_call_id(),
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": args},
+            }
+        )
+    return out
+
+
+def _show_only(choice: dict[str, Any], message: dict[str, Any], client: list[dict]) -> None:
+    if client:
+        message["tool_calls"] = client
+        choice["finish_reason"] = "tool_calls"
+    else:
+        message.pop("tool_calls", None)
+        if choice.get("finish_reason") in (None, "tool_calls"):
+            choice["finish_reason"] = "stop"
+
+
+def _contents(chunk: dict[str, Any]) -> list[str]:
+    return [
+        c["delta"]["content"]
+        for c in chunk["choices"]
+        if isinstance(c.get("delta", {}).get("content"), str)
+    ]

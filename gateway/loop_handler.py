@@ -1,0 +1,204 @@
+"""``/v1/chat/completions`` for a model with tools: the loop wired to aiohttp and the upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM
+from gateway.errors import GatewayError, UpstreamError
+from gateway.loop import LoopSettings, ToolLoop
+from gateway.openapi.ir import Tool
+from gateway.routing import Route
+from gateway.stream import SSEParser
+from gateway.toolexec import ToolExecutor
+from gateway.upstream import Upstream
+
+log = logging.getLogger("gateway.loop")
+TOOL_CALLS_HEADER = "x-gateway-tool-calls"
+
+
+async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> web.StreamResponse:
+    app = request.app
+    config = app[CONFIG]
+    toolset = app[TOOLS]
+    offered = {t.name: t for t in toolset.for_model(route.id)}
+    request_id = request[REQUEST_ID]
+    executor = ToolExecutor(
+        app[UPSTREAM].session,
+        {t.name: t for t in config.tools},
+        config.limits.max_tool_response_bytes,
+        request_id,
+    )
+
+    async def run_call(name: str, arguments: str) -> str:
+        tool: Tool | None = offered.get(name)
+        if tool is None:
+            known = ", ".join(offered) or "none"
+            return f"Error: there is no function named {name!r}. Available functions: {known}."
+        return (await executor.run(tool, arguments)).content
+
+    backend = UpstreamBackend(app[UPSTREAM], app[ROUTER].chain(route), request_id)
+    settings = LoopSettings(config.limits.max_tool_rounds, config.limits.keepalive_interval)
+    loop = ToolLoop(body, toolset.openai_tools(route.id), backend, run_call, settings, request_id)
+    if body.get("stream") is True:
+        out = SSEOutput(request)
+        with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+            await loop.stream(out)  # a client that went away ends it; all under it is cancelled
+        return await out.close()
+    response = await loop.complete()
+    return web.Response(
+        body=orjson.dumps(response),
+        content_type="application/json",
+        headers={TOOL_CALLS_HEADER: str(loop.calls_executed)},
+    )
+
+
+class SSEOutput:
+    """The client's SSE response, prepared only once the first round has connected."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self.response.prepare(self.request)
+
+    async def write(self, data: bytes) -> None:
+        async with self._lock:  # keepalive comments never cut into an event
+            await self.response.write(data)
+
+    async def close(self) -> web.StreamResponse:
+        if self.response.prepared:
+            with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+                await self.response.write_eof()
+        return self.response
+
+
+class UpstreamBackend:
+    """One round against the model's route chain (retries and fallbacks per round)."""
+
+    def __init__(self, upstream: Upstream, chain: list[Route], request_id: str) -> None:
+        self.upstream = upstream
+        self.chain = chain
+        self.request_id = request_id
+
+    def _body_for(self, body: dict[str, Any]) -> Any:
+        def build(route: Route) -> bytes:
+            out = dict(body)
+            out["model"] = route.upstream_model
+            for key, value in route.params.items():
+                out.setdefault(key, value)
+            return orjson.dumps(out)
+
+        return build
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        reply = await self.upstream.call(
+            self.chain,
+            "/chat/completions",
+            self._body_for(body),
+            stream=False,
+            request_id=self.request_id,
+        )
+        return _json_object(reply.body or b"", reply.route)
+
+    async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        reply = await self.upstream.call(
+            self.chain,
+            "/chat/completions",
+            self._body_for(body),
+            stream=True,
+            request_id=self.request_id,
+        )
+        if reply.body is not None:  # the upstream answered a stream request with JSON
+            return _as_chunks(_json_object(reply.body, reply.route))
+        return self._chunks(reply)
+
+    async def _chunks(self, reply: Any) -> AsyncIterator[dict[str, Any]]:
+        parser = SSEParser()
+        route = reply.route
+        try:
+            async for data in reply.response.content.iter_any():
+                for payload in parser.feed(data):
+                    if payload.strip() == b"[DONE]":
+                        return
+                    chunk = _parse_chunk(payload)
+                    if chunk is not None:
+                        yield chunk
+        except asyncio.TimeoutError:
+            raise UpstreamError(
+                f"The upstream of model {route.id!r} at {route.host} stopped "
+                f"sending for {route.timeout:g} s in the middle of the stream",
+                status=504,
+                code="upstream_timeout",
+            ) from None
+        except aiohttp.ClientError as e:
+            raise UpstreamError(
+                f"The upstream of model {route.id!r} at {route.host} broke off "
+                f"the stream ({type(e).__name__})",
+                status=502,
+                code="upstream_unreachable",
+            ) from None
+        finally:
+            reply.close()
+
+
+def _parse_chunk(payload: bytes) -> dict[str, Any] | None:
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        log.warning("skipping a stream event that is not JSON: %.200r", payload)
+        return None
+    return chunk if isinstance(chunk, dict) else None
+
+
+def _json_object(raw: bytes, route: Route) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise GatewayError(
+            f"The upstream of model {route.id!r} answered with something that "
+            "is not a chat completion",
+            status=502,
+            type="upstream_error",
+            code="upstream_bad_response",
+        )
+    return data
+
+
+async def _as_chunks(completion: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """A whole completion as one chunk (for upstreams that ignore ``stream``)."""
+    choices = []
+    for choice in completion.get("choices") or []:
+        message = choice.get("message") or {}
+        delta = {k: v for k, v in message.items() if v is not None}
+        if "tool_calls" in delta:
+            delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(delta["tool_calls"])]
+        choices.append(
+            {
+                "index": choice.get("index", 0),
+                "delta": delta,
+                "finish_reason": choice.get("finish_reason"),
+            }
+        )
+    yield {
+        "id": completion.get("id"),
+        "object": "chat.completion.chunk",
+        "created": completion.get("created"),
+        "model": completion.get("model"),
+        "choices": choices,
+        **({"usage": completion["usage"]} if completion.get("usage") else {}),
+    }

@@ -1,0 +1,427 @@
+"""One tool call -> the HTTP request its operation describes -> the text of a tool message.
+
+The only code that talks to tool servers. Scheme, host and port come from the toolset's
+``base_url`` or the spec's servers, never from the model's arguments; path values are
+percent-encoded per segment and may not change the path; redirects are followed only to the
+same origin. Every failure (bad arguments, timeout, connection error, error status) becomes
+a tool message telling the model what happened, so it can correct itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from gateway.config import ToolsetConfig
+from gateway.openapi.ir import Body, Param, Tool
+
+log = logging.getLogger("gateway.toolexec")
+
+MAX_REDIRECTS = 5
+_UNRESERVED = "-._~"
+_RESERVED = ":/?#[]@!$&'()*+,;="
+_TEXTUAL = ("json", "xml", "text/", "javascript", "yaml", "csv", "html", "x-www-form-urlencoded")
+
+
+class ArgumentError(Exception):
+    """The model's arguments cannot make a request; the message goes back to the model."""
+
+
+@dataclass
+class ToolResult:
+    content: str
+    status: int | None = None
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    url: str  # fully percent-encoded
+    headers: dict[str, str]
+    body: bytes | aiohttp.FormData | None
+    log_url: str  # without credentials
+
+
+class ToolExecutor:
+    """Runs calls for one request: knows the toolsets, the session and the limits."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        toolsets: dict[str, ToolsetConfig],
+        max_bytes: int,
+        request_id: str = "",
+    ) -> None:
+        self.session = session
+        self.toolsets = toolsets
+        self.max_bytes = max_bytes
+        self.request_id = request_id
+        self.executed = 0
+
+    async def run(self, tool: Tool, arguments: str) -> ToolResult:
+        started = time.perf_counter()
+        try:
+            args = parse_arguments(tool, arguments)
+            request = build_request(tool, args, self.toolsets[tool.toolset])
+        except ArgumentError as e:
+            log.info("tool %s: rejected arguments (request %s): %s", tool.name, self.request_id, e)
+            return ToolResult(f"Error: {e}")
+        self.executed += 1
+        result = await self._send(tool, request)
+        log.info(
+            "tool call request_id=%s function=%s method=%s url=%s status=%s ms=%.1f bytes=%d",
+            self.request_id,
+            tool.name,
+            request.method,
+            request.log_url,
+            result.status,
+            (time.perf_counter() - started) * 1000,
+            result.bytes,
+        )
+        return result
+
+    async def _send(self, tool: Tool, request: Request) -> ToolResult:
+        timeout = self.toolsets[tool.toolset].timeout
+        try:
+            return await self._follow(request, aiohttp.ClientTimeout(total=timeout))
+        except asyncio.TimeoutError:
+            return ToolResult(
+                f"Error: {request.method} {request.log_url} did not answer within "
+                f"{timeout:g} s (the toolset's timeout)."
+            )
+        except aiohttp.ClientError as e:
+            reason = _reason(e)
+            return ToolResult(
+                f"Error: could not reach {urlsplit(request.log_url).netloc} for "
+                f"{request.method} {request.log_url}: {reason}."
+            )
+
+    async def _follow(self, request: Request, timeout: aiohttp.ClientTimeout) -> ToolResult:
+        method, url, body, headers = request.method, request.url, request.body, request.headers
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self.session.request(
+                method,
+                URL(url, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=timeout,
+            ) as resp:
+                location = resp.headers.get("Location")
+                if resp.status in (301, 302, 303, 307, 308) and location:
+                    target = urljoin(url, location)
+                    if _origin(target) != _origin(url):
+                        return ToolResult(
+                            f"HTTP {resp.status}\nRedirect to another host ({_origin(target)}) "
+                            "was not followed.",
+                            resp.status,
+                        )
+                    if resp.status in (301, 302, 303) and method != "HEAD":
+                        method, body = "GET", None
+                    url = target
+                    continue
+                return await read_result(resp, self.max_bytes)
+        return ToolResult(f"Error: more than {MAX_REDIRECTS} redirects.")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{parts.hostname}:{port}"
+
+
+def _reason(e: aiohttp.ClientError) -> str:
+    if isinstance(e, aiohttp.ClientConnectorError) and e.os_error:
+        return str(e.os_error.strerror or e.os_error)
+    return type(e).__name__
+
+
+# --- arguments -----------------------------------------------------------------------------
+
+
+def parse_arguments(tool: Tool, arguments: str) -> dict[str, Any]:
+    """JSON-decode and validate against the function's schema, with exact messages."""
+    try:
+        args = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError as e:
+        raise ArgumentError(
+            f"the arguments of {tool.name} are not valid JSON ({e}). Send a "
+            "JSON object that matches the function's parameters."
+        ) from None
+    if not isinstance(args, dict):
+        raise ArgumentError(
+            f"the arguments of {tool.name} must be a JSON object, not {type(args).__name__}."
+        )
+    errors = sorted(tool.validator.iter_errors(args), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [
+            f"- {'/'.join(map(str, e.absolute_path)) or '(arguments)'}: {e.message}"
+            for e in errors[:5]
+        ]
+        more = f"\n(and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise ArgumentError(
+            f"the arguments of {tool.name} do not match its parameters:\n" + "\n".join(lines) + more
+        )
+    return args
+
+
+# --- the request ---------------------------------------------------------------------------
+
+
+def build_request(tool: Tool, args: dict[str, Any], toolset: ToolsetConfig) -> Request:
+    op = tool.operation
+    base = toolset.base_url or op.server
+    if not base or not base.startswith(("http://", "https://")):
+        raise ArgumentError(
+            f"toolset {toolset.name} has no server URL for {op.label}; "
+            "the gateway's config must set its base_url."
+        )
+    path = op.path
+    query: list[tuple[str, str, bool]] = []  # name, value, allow_reserved
+    headers: dict[str, str] = dict(toolset.headers)
+    cookies: list[str] = []
+    for param in op.params:
+        if param.arg not in args or args[param.arg] is None:
+            continue
+        value = args[param.arg]
+        if param.location == "path":
+            path = path.replace("{" + param.name + "}", path_value(param, value))
+        elif param.location == "query":
+            query += [(k, v, param.allow_reserved) for k, v in query_pairs(param, value)]
+        elif param.location == "header":
+            headers[param.name] = header_value(param, value)
+        else:
+            cookies.append(f"{param.name}={quote(_scalar(value, param), safe='')}")
+    body, content_type = (None, None)
+    if op.body is not None and args.get(op.body.arg) is not None:
+        body, content_type = encode_body(op.body, args[op.body.arg])
+    if content_type:
+        headers["Content-Type"] = content_type
+    log_query = _query_string(query)
+    secret_query = _apply_auth(toolset, headers, cookies, query)
+    if cookies:
+        headers["Cookie"] = "; ".join(cookies)
+    qs = _query_string(query)
+    url = base.rstrip("/") + path + (f"?{qs}" if qs else "")
+    log_url = base.rstrip("/") + path + (f"?{log_query}" if log_query else "")
+    if secret_query:
+        log_url += ("&" if log_query else "?") + f"{secret_query}=[redacted]"
+    return Request(op.method, url, headers, body, log_url)
+
+
+def _apply_auth(
+    toolset: ToolsetConfig,
+    headers: dict[str, str],
+    cookies: list[str],
+    query: list[tuple[str, str, bool]],
+) -> str | None:
+    auth = toolset.auth
+    if auth is None:
+        return None
+    if auth.type == "bearer":
+        headers["Authorization"] = f"Bearer {auth.token.get_secret_value()}"
+    elif auth.type == "basic":
+        raw = f"{auth.username}:{auth.password.get_secret_value()}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+    elif auth.type == "header":
+        headers[auth.name] = auth.value.get_secret_value()
+    elif auth.type == "cookie":
+        cookies.append(f"{auth.name}={quote(auth.value.get_secret_value(), safe='')}")
+    else:
+        query.append((auth.name, auth.value.get_secret_value(), False))
+        return auth.name
+    return None
+
+
+def _enc(text: str, allow_reserved: bool = False) -> str:
+    return quote(text, safe=_UNRESERVED + (_RESERVED if allow_reserved else ""))
+
+
+def _query_string(pairs: list[tuple[str, str, bool]]) -> str:
+    return "&".join(f"{_enc(k)}={_enc(v, reserved)}" for k, v, reserved in pairs)
+
+
+def _scalar(value: Any, param: Param | None = None) -> str:
+    if param is not None and param.content_type:
+        return orjson.dumps(value).decode()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def path_value(param: Param, value: Any) -> str:
+    """A path segment: per style, every piece percent-encoded, never a path of its own."""
+    pieces = _pieces(param, value)
+    for piece in pieces:
+        if piece in ("", ".", "..") or "/" in piece:
+            raise ArgumentError(
+                f"the path parameter {param.arg} may not be {piece!r}: it would change the path."
+            )
+    encoded = [_enc(p) for p in pieces]
+    explode_pairs = param.explode and isinstance(value, dict)
+    if param.style == "label":
+        return "." + ("." if param.explode else ",").join(_join_pairs(encoded, explode_pairs))
+    if param.style == "matrix":
+        if isinstance(value, list) and param.explode:
+            return "".join(f";{_enc(param.name)}={p}" for p in encoded)
+        if explode_pairs:
+            return "".join(f";{p}" for p in _join_pairs(encoded, True))
+        return f";{_enc(param.name)}=" + ",".join(encoded)
+    return ",".join(_join_pairs(encoded, explode_pairs))
+
+
+def _pieces(param: Param, value: Any) -> list[str]:
+    if param.content_type:
+        return [_scalar(value, param)]
+    if isinstance(value, list):
+        return [_scalar(v) for v in value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (str(k), _scalar(v))]
+    return [_scalar(value)]
+
+
+def _join_pairs(pieces: list[str], explode: bool) -> list[str]:
+    if not explode:
+        return pieces
+    return [f"{pieces[i]}={pieces[i + 1]}" for i in range(0, len(pieces), 2)]
+
+
+def query_pairs(param: Param, value: Any) -> list[tuple[str, str]]:
+    """(name, value) pairs for one query parameter, by style and explode."""
+    name = param.name
+    if param.content_type or not isinstance(value, (list, dict)):
+        return [(name, _scalar(value, param))]
+    if param.style == "deepObject" and isinstance(value, dict):
+        return _deep_pairs(name, value)
+    if isinstance(value, list):
+        items = [_scalar(v) for v in value]
+        if param.style == "spaceDelimited":
+            return [(name, " ".join(items))]
+        if param.style == "pipeDelimited":
+            return [(name, "|".join(items))]
+        return [(name, v) for v in items] if param.explode else [(name, ",".join(items))]
+    if param.explode:
+        return [(str(k), _scalar(v)) for k, v in value.items()]
+    return [(name, ",".join(s for k, v in value.items() for s in (str(k), _scalar(v))))]
+
+
+def _deep_pairs(prefix: str, value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _deep_pairs(f"{prefix}[{k}]", v)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _deep_pairs(f"{prefix}[{i}]", v)]
+    return [(prefix, _scalar(value))]
+
+
+def header_value(param: Param, value: Any) -> str:
+    if param.content_type or not isinstance(value, (list, dict)):
+        text = _scalar(value, param)
+    elif isinstance(value, list):
+        text = ",".join(_scalar(v) for v in value)
+    elif param.explode:
+        text = ",".join(f"{k}={_scalar(v)}" for k, v in value.items())
+    else:
+        text = ",".join(s for k, v in value.items() for s in (str(k), _scalar(v)))
+    if "\r" in text or "\n" in text:
+        raise ArgumentError(f"the header parameter {param.arg} may not contain line breaks.")
+    return text
+
+
+def encode_body(body: Body, value: Any) -> tuple[bytes | aiohttp.FormData, str | None]:
+    ctype = body.content_type.split(";")[0].strip().lower()
+    if ctype == "application/x-www-form-urlencoded":
+        if not isinstance(value, dict):
+            raise ArgumentError("requestBody must be an object for a form body.")
+        pairs = [p for k, v in value.items() for p in _form_pairs(body, str(k), v)]
+        return "&".join(f"{_enc(k)}={_enc(v)}" for k, v in pairs).encode(), ctype
+    if ctype.startswith("multipart/"):
+        if not isinstance(value, dict):
+            raise ArgumentError("requestBody must be an object for a multipart body.")
+        form = aiohttp.FormData(default_to_multipart=True)
+        for k, v in value.items():
+            for item in v if isinstance(v, list) else [v]:
+                form.add_field(str(k), _scalar(item))
+        return form, None  # aiohttp sets the boundary
+    if "json" in ctype or ctype == "*/*":
+        return orjson.dumps(value), "application/json" if ctype == "*/*" else body.content_type
+    return _scalar(value).encode(), body.content_type
+
+
+def _form_pairs(body: Body, key: str, value: Any) -> list[tuple[str, str]]:
+    encoding = body.encoding.get(key) or {}
+    if isinstance(encoding, dict) and "json" in str(encoding.get("contentType", "")):
+        return [(key, orjson.dumps(value).decode())]
+    if isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
+        return [(key, _scalar(v)) for v in value]
+    if isinstance(value, (dict, list)):
+        return _deep_pairs(key, value)
+    return [(key, _scalar(value))]
+
+
+# --- the response --------------------------------------------------------------------------
+
+
+async def read_result(resp: aiohttp.ClientResponse, max_bytes: int) -> ToolResult:
+    """Status line and body, JSON compacted, text as text, binary as a note; capped."""
+    data = bytearray()
+    complete = True
+    async for chunk in resp.content.iter_chunked(65536):
+        data += chunk
+        if len(data) > max_bytes:
+            complete = False
+            break
+    ctype = resp.headers.get("Content-Type", "").lower()
+    head = f"HTTP {resp.status}"
+    if data and not _is_text(ctype, bytes(data[:1024])):
+        note = f"[binary response: {ctype or 'unknown type'}, {_size(resp, data, complete)}]"
+        return ToolResult(f"{head}\n{note}", resp.status, len(data))
+    text = _body_text(bytes(data), ctype, complete)
+    if len(text.encode()) > max_bytes or not complete:
+        cut = text.encode()[:max_bytes].decode("utf-8", "ignore")
+        text = (
+            f"{cut}\n…[truncated: the response was {_size(resp, data, complete)}; "
+            f"only the first {max_bytes} bytes are shown]"
+        )
+    return ToolResult(f"{head}\n{text}" if text else head, resp.status, len(data))
+
+
+def _is_text(ctype: str, sample: bytes) -> bool:
+    if any(t in ctype for t in _TEXTUAL):
+        return True
+    if ctype and not ctype.startswith("application/octet-stream"):
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in sample
+
+
+def _body_text(data: bytes, ctype: str, complete: bool) -> str:
+    if complete and "json" in ctype:
+        try:
+            return orjson.dumps(orjson.loads(data)).decode()
+        except orjson.JSONDecodeError:
+            pass
+    return data.decode("utf-8", "replace")
+
+
+def _size(resp: aiohttp.ClientResponse, data: bytearray, complete: bool) -> str:
+    if complete:
+        return f"{len(data)} bytes"
+    length = resp.headers.get("Content-Length")
+    return f"{length} bytes" if length else f"more than {len(data) - 1} bytes"
