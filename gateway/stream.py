@@ -77,8 +77,9 @@ class _Call:
 class ToolCallAccumulator:
     """Rebuilds whole tool calls from stream deltas, tolerating what real upstreams send.
 
-    Handled: deltas without ``index``; ``index`` 0 for every call but new ids; ``id`` and
-    ``name`` repeated in every delta; a whole call in one delta; no ``id`` at all.
+    Handled: deltas without ``index``; ``index`` 0 for every call but new ids (or, without
+    ids, new names); ``id`` and ``name`` repeated in every delta; a whole call in one delta;
+    no ``id`` at all.
     """
 
     def __init__(self) -> None:
@@ -100,16 +101,24 @@ class ToolCallAccumulator:
             else (len(self._calls) - 1 if self._calls else None)
         )
         current = self._calls[pos] if pos is not None else None
-        if current is None or (call_id and current.id and call_id != current.id):
+        name = fn.get("name")
+        renamed = (
+            isinstance(name, str)
+            and name
+            and current is not None
+            and current.name
+            and name != current.name
+            and not (call_id and call_id == current.id)
+        )
+        if current is None or renamed or (call_id and current.id and call_id != current.id):
             current = _Call()
             self._calls.append(current)
             if isinstance(index, int):
                 self._by_index[index] = len(self._calls) - 1
         if call_id and not current.id:
             current.id = call_id
-        name = fn.get("name")
-        if isinstance(name, str) and name and name != current.name:
-            current.name = name if not current.name else current.name + name
+        if isinstance(name, str) and name and not current.name:
+            current.name = name  # names come whole; a repeated one changes nothing
         args = fn.get("arguments")
         if isinstance(args, str):
             current.arguments += args

@@ -1,0 +1,72 @@
+"""The loop's logic with a scripted backend and tool runner: no sockets at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.loop import LoopSettings, ToolLoop
+
+TOOLS = [{"type": "function", "function": {"name": "ours", "parameters": {
+    "type": "object", "properties": {}}}}]
+
+
+class Script:
+    def __init__(self, *replies: dict[str, Any]) -> None:
+        self.replies = list(replies)
+        self.requests: list[dict[str, Any]] = []
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append(body)
+        return self.replies.pop(0)
+
+    async def open_stream(self, body: dict[str, Any]):  # pragma: no cover - not used here
+        raise NotImplementedError
+
+
+def reply(content: str | None = None, *names: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if names:
+        message["tool_calls"] = [{"id": f"c{i}", "type": "function",
+                                  "function": {"name": n, "arguments": "{}"}}
+                                 for i, n in enumerate(names)]
+    return {"choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if names else "stop"}],
+            "usage": {"total_tokens": 1}}
+
+
+async def run(script: Script, body: dict[str, Any], max_rounds: int = 8):
+    ran: list[str] = []
+
+    async def run_call(name: str, arguments: str) -> str:
+        ran.append(name)
+        return f"result of {name}"
+
+    loop = ToolLoop({"messages": [{"role": "user", "content": "hi"}], **body}, TOOLS, script,
+                    run_call, LoopSettings(max_rounds=max_rounds))
+    return await loop.complete(), ran, loop
+
+
+async def test_rounds_until_an_answer_with_usage_summed():
+    script = Script(reply(None, "ours"), reply(None, "ours", "ours"), reply("done"))
+    result, ran, loop = await run(script, {})
+    assert result["choices"][0]["message"] == {"role": "assistant", "content": "done"}
+    assert result["usage"] == {"total_tokens": 3}
+    assert ran == ["ours", "ours", "ours"] and loop.calls_executed == 3
+    assert [m["role"] for m in script.requests[2]["messages"]] == [
+        "user", "assistant", "tool", "assistant", "tool", "tool"]
+
+
+async def test_round_limit_removes_gateway_tools_and_ignores_late_calls():
+    script = Script(reply(None, "ours"), reply("still wants", "ours"))
+    result, ran, _ = await run(script, {"tool_choice": {"type": "function", "function": {
+        "name": "ours"}}}, max_rounds=1)
+    assert ran == ["ours"]
+    assert "tools" not in script.requests[1] and "tool_choice" not in script.requests[1]
+    message = result["choices"][0]["message"]
+    assert "tool_calls" not in message and result["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_unknown_names_are_ours_so_the_model_hears_about_them():
+    script = Script(reply(None, "made_up"), reply("ok"))
+    _, ran, _ = await run(script, {})
+    assert ran == ["made_up"]  # run_call answers with an error message for the model
