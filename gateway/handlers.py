@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from gateway import loop_handler, stream
-from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM
+from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, request_id_header
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, NotFound
 from gateway.routing import Route
 from gateway.upstream import BodyFor, Reply
@@ -166,6 +166,7 @@ async def relay(request: web.Request, reply: Reply) -> web.StreamResponse:
     """Forward an upstream SSE stream chunk by chunk, as it arrives."""
     headers = reply.client_headers()
     headers["Cache-Control"] = "no-cache"
+    headers.update(request_id_header(request))
     response = web.StreamResponse(status=reply.status, headers=headers)
     try:
         await response.prepare(request)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.errors import ModelNotFound, UpstreamKeyMissing
 
@@ -24,9 +26,20 @@ class Route:
     toolsets: tuple[str, ...]
     key_problem: str | None = None  # why the key is unusable, raised at request time
     host: str = field(init=False)
+    #: ready-made per-request values (the hot path only copies them)
+    send_headers: dict[str, str] = field(init=False)
+    stream_headers: dict[str, str] = field(init=False)
+    client_timeout: aiohttp.ClientTimeout = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "host", urlsplit(self.base_url).netloc)
+        base = {**self.headers, "Content-Type": "application/json"}
+        object.__setattr__(self, "send_headers", base)
+        object.__setattr__(self, "stream_headers", {**base, "Accept": "text/event-stream"})
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout, sock_read=self.timeout
+        )
+        object.__setattr__(self, "client_timeout", timeout)
 
     def url(self, path: str) -> str:
         """``path`` is the part after ``/v1``, e.g. ``/chat/completions``."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.routing import Route
@@ -47,7 +47,7 @@ class Reply:
     def status(self) -> int:
         return self.response.status
 
-    def client_headers(self) -> CIMultiDict[str]:
+    def client_headers(self) -> dict[str, str]:
         return forwarded_headers(self.response.headers)
 
     def release(self) -> None:
@@ -57,17 +57,18 @@ class Reply:
         self.response.close()
 
 
-def forwarded_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
+def forwarded_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The upstream response headers worth passing on (these never repeat)."""
+    out = {}
     for name, value in headers.items():
         low = name.lower()
         if low in _FORWARD_HEADERS or low.startswith(_FORWARD_PREFIXES):
-            out.add(name, value)
+            out[name] = value
     return out
 
 
 def new_session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=15)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None),

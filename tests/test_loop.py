@@ -6,8 +6,12 @@ from typing import Any
 
 from gateway.loop import LoopSettings, ToolLoop
 
-TOOLS = [{"type": "function", "function": {"name": "ours", "parameters": {
-    "type": "object", "properties": {}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "ours", "parameters": {"type": "object", "properties": {}}},
+    }
+]
 
 
 class Script:
@@ -26,12 +30,16 @@ class Script:
 def reply(content: str | None = None, *names: str) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if names:
-        message["tool_calls"] = [{"id": f"c{i}", "type": "function",
-                                  "function": {"name": n, "arguments": "{}"}}
-                                 for i, n in enumerate(names)]
-    return {"choices": [{"index": 0, "message": message,
-                         "finish_reason": "tool_calls" if names else "stop"}],
-            "usage": {"total_tokens": 1}}
+        message["tool_calls"] = [
+            {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": "{}"}}
+            for i, n in enumerate(names)
+        ]
+    return {
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": "tool_calls" if names else "stop"}
+        ],
+        "usage": {"total_tokens": 1},
+    }
 
 
 async def run(script: Script, body: dict[str, Any], max_rounds: int = 8):
@@ -41,8 +49,13 @@ async def run(script: Script, body: dict[str, Any], max_rounds: int = 8):
         ran.append(name)
         return f"result of {name}"
 
-    loop = ToolLoop({"messages": [{"role": "user", "content": "hi"}], **body}, TOOLS, script,
-                    run_call, LoopSettings(max_rounds=max_rounds))
+    loop = ToolLoop(
+        {"messages": [{"role": "user", "content": "hi"}], **body},
+        TOOLS,
+        script,
+        run_call,
+        LoopSettings(max_rounds=max_rounds),
+    )
     return await loop.complete(), ran, loop
 
 
@@ -53,13 +66,20 @@ async def test_rounds_until_an_answer_with_usage_summed():
     assert result["usage"] == {"total_tokens": 3}
     assert ran == ["ours", "ours", "ours"] and loop.calls_executed == 3
     assert [m["role"] for m in script.requests[2]["messages"]] == [
-        "user", "assistant", "tool", "assistant", "tool", "tool"]
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+        "tool",
+    ]
 
 
 async def test_round_limit_removes_gateway_tools_and_ignores_late_calls():
     script = Script(reply(None, "ours"), reply("still wants", "ours"))
-    result, ran, _ = await run(script, {"tool_choice": {"type": "function", "function": {
-        "name": "ours"}}}, max_rounds=1)
+    result, ran, _ = await run(
+        script, {"tool_choice": {"type": "function", "function": {"name": "ours"}}}, max_rounds=1
+    )
     assert ran == ["ours"]
     assert "tools" not in script.requests[1] and "tool_choice" not in script.requests[1]
     message = result["choices"][0]["message"]

@@ -7,7 +7,7 @@ from gateway.stream import SSEParser, StreamMerger, ToolCallAccumulator, add_usa
 
 def test_parser_handles_split_lines_multiline_data_comments_and_crlf():
     p = SSEParser()
-    out = list(p.feed(b"data: {\"a\"")) + list(p.feed(b": 1}\r\n\r\n: keepalive\n\n"))
+    out = list(p.feed(b'data: {"a"')) + list(p.feed(b": 1}\r\n\r\n: keepalive\n\n"))
     out += list(p.feed(b"event: x\nid: 3\ndata: line1\ndata:line2\n\ndata: [DONE]"))
     out += list(p.close())
     assert out == [b'{"a": 1}', b"line1\nline2", b"[DONE]"]
@@ -22,7 +22,10 @@ def test_accumulator_merges_fragments_and_tolerates_quirks():
     acc.add([{"function": {"name": "h", "arguments": {"k": True}}}])  # no id, object args
     calls = acc.calls()
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
-        ("f", '{"x": 1}'), ("g", "{}"), ("h", '{"k":true}')]
+        ("f", '{"x": 1}'),
+        ("g", "{}"),
+        ("h", '{"k":true}'),
+    ]
     assert calls[0]["id"] == "a" and calls[1]["id"] == "b" and calls[2]["id"].startswith("call_")
 
 
@@ -35,17 +38,59 @@ def test_usage_sums_nested_details():
 def test_merger_keeps_one_identity_one_role_and_holds_finish_and_usage():
     m = StreamMerger(include_usage=True)
     m.begin_round()
-    first = m.process({"id": "c1", "created": 1, "model": "x", "choices": [
-        {"index": 0, "delta": {"role": "assistant", "content": "a"}, "finish_reason": None}]})
+    first = m.process(
+        {
+            "id": "c1",
+            "created": 1,
+            "model": "x",
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": "a"}, "finish_reason": None}
+            ],
+        }
+    )
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
-    assert m.process({"id": "c1", "created": 1, "model": "x", "choices": [
-        {"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "t", "function": {
-            "name": "f", "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]}) is None
+    assert (
+        m.process(
+            {
+                "id": "c1",
+                "created": 1,
+                "model": "x",
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": "t",
+                                    "function": {"name": "f", "arguments": "{}"},
+                                }
+                            ]
+                        },
+                        "finish_reason": "tool_calls",
+                    }
+                ],
+            }
+        )
+        is None
+    )
     assert m.process({"id": "c1", "choices": [], "usage": {"total_tokens": 5}}) is None
     m.end_round()
     m.begin_round()
-    later = m.process({"id": "c2", "created": 9, "model": "y", "choices": [
-        {"index": 0, "delta": {"role": "assistant", "content": "b"}, "finish_reason": "stop"}]})
+    later = m.process(
+        {
+            "id": "c2",
+            "created": 9,
+            "model": "y",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": "b"},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+    )
     assert (later["id"], later["created"], later["model"]) == ("c1", 1, "x")
     assert later["choices"][0] == {"index": 0, "delta": {"content": "b"}, "finish_reason": None}
     assert m.finish_reason == "stop"

@@ -20,8 +20,13 @@ async def test_example_weather_request(fake_upstream, oai, monkeypatch):
 
     async def forecast(request: web.Request) -> web.Response:
         seen.append(request.raw_path)
-        return web.json_response({"latitude": 48.86, "longitude": 2.35, "current": {
-            "temperature_2m": 17.3, "wind_speed_10m": 9.4, "weather_code": 1}})
+        return web.json_response(
+            {
+                "latitude": 48.86,
+                "longitude": 2.35,
+                "current": {"temperature_2m": 17.3, "wind_speed_10m": 9.4, "weather_code": 1},
+            }
+        )
 
     meteo = web.Application()
     meteo.router.add_get("/v1/forecast", forecast)
@@ -34,19 +39,30 @@ async def test_example_weather_request(fake_upstream, oai, monkeypatch):
     config = config.model_copy(update={"models": models, "tools": tools})
     gw_runner, url = await start_app(create_app(config))
     try:
-        up.push(calls(("get_weather_forecast", {"latitude": 48.86, "longitude": 2.35,
-                                                "current": ["temperature_2m",
-                                                            "wind_speed_10m"]})),
-                answer("It is 17 °C in Paris with a light wind."))
+        up.push(
+            calls(
+                (
+                    "get_weather_forecast",
+                    {
+                        "latitude": 48.86,
+                        "longitude": 2.35,
+                        "current": ["temperature_2m", "wind_speed_10m"],
+                    },
+                )
+            ),
+            answer("It is 17 °C in Paris with a light wind."),
+        )
 
         class GW:
             v1 = url + "/v1"
 
         res = await oai(GW).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "Weather in Paris?"}])
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Weather in Paris?"}]
+        )
         assert res.choices[0].message.content == "It is 17 °C in Paris with a light wind."
-        assert seen == ["/v1/forecast?latitude=48.86&longitude=2.35"
-                        "&current=temperature_2m%2Cwind_speed_10m"]
+        assert seen == [
+            "/v1/forecast?latitude=48.86&longitude=2.35&current=temperature_2m%2Cwind_speed_10m"
+        ]
         tool_msg = tool_messages(up.received[1])[0]["content"]
         assert tool_msg.startswith("HTTP 200\n")
         assert json.loads(tool_msg.partition("\n")[2])["current"]["temperature_2m"] == 17.3
