@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -79,19 +80,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers <= 1:
         run(config, host, port, reuse_port=False, tools=tools)
         return 0
+    return serve_workers(str(path), host, port, args.workers, args.log_level)
+
+
+def serve_workers(path: str, host: str, port: int, workers: int, level: str) -> int:
+    """N processes on one port (SO_REUSEPORT); SIGTERM/SIGINT stop them all."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker, args=(str(path), host, port, args.log_level))
-        for _ in range(args.workers)
-    ]
+    procs = [ctx.Process(target=_worker, args=(path, host, port, level)) for _ in range(workers)]
     for proc in procs:
         proc.start()
-    try:
+
+    def stop(signum: int, frame: object) -> None:
         for proc in procs:
-            proc.join()
-    except KeyboardInterrupt:
-        for proc in procs:
-            proc.terminate()
+            if proc.is_alive():
+                proc.terminate()  # each worker shuts down gracefully on SIGTERM
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for proc in procs:
+        proc.join()
+    log.info("all %d workers stopped", workers)
     return 0
 
 

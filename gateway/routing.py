@@ -83,6 +83,9 @@ class Router:
         self.routes: dict[str, Route] = {
             m.id: build_route(m, config.key_hints.get(m.id)) for m in config.models
         }
+        self._chains = {
+            r.id: [r, *(self.routes[f] for f in r.fallbacks)] for r in self.routes.values()
+        }
 
     def resolve(self, model_id: Any) -> Route:
         route = self.routes.get(model_id) if isinstance(model_id, str) else None
@@ -96,5 +99,5 @@ class Router:
         return route
 
     def chain(self, route: Route) -> list[Route]:
-        """The route followed by its fallbacks, in order."""
-        return [route] + [self.routes[f] for f in route.fallbacks]
+        """The route followed by its fallbacks, in order (built once, at start-up)."""
+        return self._chains[route.id]

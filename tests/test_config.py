@@ -245,3 +245,71 @@ def test_serve_starts_on_example_config_with_empty_environment(unused_tcp_port):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_workers_share_the_port_and_stop_together(unused_tcp_port, tmp_path):
+    import signal
+    import time
+    import urllib.request
+
+    config = tmp_path / "gw.yaml"
+    config.write_text("models: []\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(unused_tcp_port),
+            "--workers",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{unused_tcp_port}/healthz"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "workers did not start"
+                time.sleep(0.1)
+        children = _children(proc.pid)
+        assert len(children) >= 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    deadline = time.monotonic() + 5  # no orphaned worker (or tracker) outlives the parent
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() < deadline, "a worker outlived the parent"
+        time.sleep(0.1)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=2)
+
+
+def _alive(pid):
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def _children(pid):
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in text:
+            out.append(int(status.parent.name))
+    return out
