@@ -439,3 +439,19 @@ async def test_request_id_is_kept_or_made(fake_upstream, make_gateway):
             assert r.status == 404 and len(r.headers["x-request-id"]) == 32
             assert_valid("ErrorResponse", await r.json())
     assert up.received[0].headers["X-Request-Id"] == "abc-1"
+
+
+async def test_upstream_key_never_reaches_logs_or_client(fake_upstream, make_gateway, oai, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    first, second = await fake_upstream(), await fake_upstream()
+    first.default = Reply(status=503, json={"error": {"message": "bad key sk-upstream-secret"}})
+    second.default = Reply(status=400, raw=b"nope: sk-upstream-secret")
+    gw = await make_gateway({"models": [model("a", first, fallbacks=["b"]), model("b", second)]})
+    with pytest.raises(openai.BadRequestError) as e:
+        await oai(gw).chat.completions.create(model="a", messages=MESSAGES)
+    assert "sk-upstream-secret" not in e.value.response.text
+    assert "[redacted]" in e.value.response.text
+    assert "falling back" in caplog.text
+    assert "sk-upstream-secret" not in caplog.text
