@@ -56,7 +56,8 @@ class ToolLoop:
         request_id: str = "",
     ) -> None:
         self.body = body
-        self.client_tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+        tools = body.get("tools")
+        self.client_tools: list[Any] = tools if isinstance(tools, list) else []
         self.client_names = {_tool_name(t) for t in self.client_tools} - {None}
         # a client tool with the same name as a gateway function wins
         self.gateway_tools = [t for t in gateway_tools if _tool_name(t) not in self.client_names]

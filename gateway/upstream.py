@@ -128,7 +128,7 @@ class Upstream:
             except aiohttp.ClientConnectionError as e:
                 if last or isinstance(e, aiohttp.ServerTimeoutError):
                     raise _connection_error(route, e) from None
-                await asyncio.sleep(_delay(route, attempt, None))
+                await asyncio.sleep(_delay(route, attempt, None) or 0.0)
                 continue
             except asyncio.TimeoutError:
                 raise _timeout(route) from None

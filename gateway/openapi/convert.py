@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-from gateway.config import ToolsetConfig
+from gateway.config import BasicAuth, BearerAuth, ToolsetConfig
 from gateway.openapi.ir import BODY_ARG, Body, Operation, Param, Skipped, Tool
 from gateway.openapi.load import Spec
 from gateway.openapi.schema import SchemaError, Schemas
@@ -104,7 +104,8 @@ class Converter:
             return
         if not isinstance(item, dict):
             return
-        common = item.get("parameters") if isinstance(item.get("parameters"), list) else []
+        params = item.get("parameters")
+        common: list[Any] = params if isinstance(params, list) else []
         for method in METHODS:
             op = item.get(method)
             if isinstance(op, dict):
@@ -230,7 +231,8 @@ class Converter:
             schema = _without_files(schema)
         if isinstance(raw.get("description"), str) and "description" not in schema:
             schema["description"] = raw["description"]
-        encoding = media.get("encoding") if isinstance(media.get("encoding"), dict) else {}
+        raw_encoding = media.get("encoding")
+        encoding: dict[str, Any] = raw_encoding if isinstance(raw_encoding, dict) else {}
         return Body(content_type, raw.get("required") is True, schema, encoding)
 
     def _v2_body(
@@ -256,10 +258,10 @@ class Converter:
                 required.append(raw["name"])
         if not props:
             return None
-        schema: dict[str, Any] = {"type": "object", "properties": props}
+        form: dict[str, Any] = {"type": "object", "properties": props}
         if required:
-            schema["required"] = required
-        return Body(content_type, bool(required), schema)
+            form["required"] = required
+        return Body(content_type, bool(required), form)
 
     def _server(self, op: dict[str, Any], item: dict[str, Any]) -> str | None:
         if self.v2:
@@ -277,7 +279,7 @@ def _auth_params(config: ToolsetConfig) -> set[tuple[str, str]]:
     auth = config.auth
     if auth is None:
         return set()
-    if auth.type in ("bearer", "basic"):
+    if isinstance(auth, (BearerAuth, BasicAuth)):
         return {("header", "authorization")}
     where = auth.type  # header, query, cookie
     name = auth.name.lower() if where == "header" else auth.name

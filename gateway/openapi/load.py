@@ -17,7 +17,7 @@ from urllib.request import url2pathname
 
 import orjson
 import yaml
-from referencing import Registry, Resource, Specification
+from referencing import Registry, Specification
 from referencing._core import Resolver
 
 from gateway.errors import ConfigError
@@ -71,7 +71,7 @@ async def load_spec(
     resources = {uri: document}
     await _fetch_external(uri, document, resources, allow_remote_refs, fetch)
     registry: Registry[Any] = Registry().with_resources(
-        (u, Resource(contents=d, specification=Specification.OPAQUE)) for u, d in resources.items()
+        (u, Specification.OPAQUE.create_resource(d)) for u, d in resources.items()
     )
     return Spec(uri, document, version, registry)
 
