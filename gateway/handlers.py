@@ -18,9 +18,9 @@ from aiohttp import web
 
 from gateway import loop_handler, stream
 from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, request_id_header
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, NotFound
+from gateway.errors import InvalidRequest, ModelNotFound, NotFound
 from gateway.routing import Route
-from gateway.upstream import BodyFor, Reply
+from gateway.upstream import BodyFor, Reply, midstream_error
 
 log = logging.getLogger("gateway.handlers")
 
@@ -128,11 +128,7 @@ def body_for(raw: bytes, body: dict[str, Any]) -> BodyFor:
     def build(route: Route) -> bytes:
         if route.upstream_model == body.get("model") and not route.params:
             return raw
-        out = dict(body)
-        out["model"] = route.upstream_model
-        for key, value in route.params.items():
-            out.setdefault(key, value)
-        return dumps(out)
+        return dumps(route.rewrite(body))
 
     return build
 
@@ -176,7 +172,7 @@ async def relay(request: web.Request, reply: Reply) -> web.StreamResponse:
         reply.close()
         if isinstance(e, (ConnectionResetError, aiohttp.ClientConnectionResetError)):
             return response  # the client went away
-        await _write_quietly(response, stream.error_event(_midstream_error(reply, e)))
+        await _write_quietly(response, stream.error_event(midstream_error(reply.route, e)))
         return response
     except BaseException:
         reply.close()  # cancelled (client disconnected) or a bug: drop the upstream at once
@@ -184,25 +180,6 @@ async def relay(request: web.Request, reply: Reply) -> web.StreamResponse:
     reply.release()
     await response.write_eof()
     return response
-
-
-def _midstream_error(reply: Reply, e: BaseException) -> GatewayError:
-    route = reply.route
-    if isinstance(e, asyncio.TimeoutError):
-        return GatewayError(
-            f"The upstream of model {route.id!r} at {route.host} stopped sending "
-            f"for {route.timeout:g} s in the middle of the stream",
-            type="upstream_error",
-            code="upstream_timeout",
-            status=504,
-        )
-    return GatewayError(
-        f"The upstream of model {route.id!r} at {route.host} broke off the "
-        f"stream ({type(e).__name__})",
-        type="upstream_error",
-        code="upstream_unreachable",
-        status=502,
-    )
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:

@@ -13,13 +13,13 @@ import orjson
 from aiohttp import web
 
 from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError
 from gateway.loop import LoopSettings, ToolLoop
 from gateway.openapi.ir import Tool
 from gateway.routing import Route
 from gateway.stream import SSEParser
 from gateway.toolexec import ToolExecutor
-from gateway.upstream import Upstream
+from gateway.upstream import Upstream, midstream_error
 
 log = logging.getLogger("gateway.loop")
 TOOL_CALLS_HEADER = "x-gateway-tool-calls"
@@ -94,14 +94,7 @@ class UpstreamBackend:
         self.request_id = request_id
 
     def _body_for(self, body: dict[str, Any]) -> Any:
-        def build(route: Route) -> bytes:
-            out = dict(body)
-            out["model"] = route.upstream_model
-            for key, value in route.params.items():
-                out.setdefault(key, value)
-            return orjson.dumps(out)
-
-        return build
+        return lambda route: orjson.dumps(route.rewrite(body))
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         reply = await self.upstream.call(
@@ -136,20 +129,8 @@ class UpstreamBackend:
                     chunk = _parse_chunk(payload)
                     if chunk is not None:
                         yield chunk
-        except asyncio.TimeoutError:
-            raise UpstreamError(
-                f"The upstream of model {route.id!r} at {route.host} stopped "
-                f"sending for {route.timeout:g} s in the middle of the stream",
-                status=504,
-                code="upstream_timeout",
-            ) from None
-        except aiohttp.ClientError as e:
-            raise UpstreamError(
-                f"The upstream of model {route.id!r} at {route.host} broke off "
-                f"the stream ({type(e).__name__})",
-                status=502,
-                code="upstream_unreachable",
-            ) from None
+        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+            raise midstream_error(route, e) from None
         finally:
             reply.close()
 

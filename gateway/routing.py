@@ -41,6 +41,14 @@ class Route:
         )
         object.__setattr__(self, "client_timeout", timeout)
 
+    def rewrite(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The request for this upstream: its model name, and its params where unset."""
+        out = dict(body)
+        out["model"] = self.upstream_model
+        for key, value in self.params.items():
+            out.setdefault(key, value)
+        return out
+
     def url(self, path: str) -> str:
         """``path`` is the part after ``/v1``, e.g. ``/chat/completions``."""
         return self.base_url + path

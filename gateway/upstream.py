@@ -203,6 +203,19 @@ def _connection_error(route: Route, e: Exception) -> UpstreamError:
     )
 
 
+def midstream_error(route: Route, e: BaseException) -> UpstreamError:
+    """A stream that failed after it started (the client already has part of it)."""
+    if isinstance(e, asyncio.TimeoutError):
+        return UpstreamTimeout(
+            f"The upstream of model {route.id!r} at {route.host} stopped sending for "
+            f"{route.timeout:g} s in the middle of the stream"
+        )
+    return UpstreamUnreachable(
+        f"The upstream of model {route.id!r} at {route.host} broke off the stream "
+        f"({type(e).__name__})"
+    )
+
+
 def _timeout(route: Route) -> UpstreamTimeout:
     return UpstreamTimeout(
         f"The upstream of model {route.id!r} at {route.host} did not answer within "
