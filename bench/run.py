@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -414,7 +415,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5, help="length of each wrk run")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions")
     ap.add_argument("--quick", action="store_true", help="2 s runs, 1 repetition")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenarios to run (1a,1b,1c,2a,2b,3a,3b,4,5,6); default all",
+    )
     args = ap.parse_args()
+    args.only = {s.strip() for s in args.only.split(",") if s.strip()}
     if args.quick:
         args.seconds, args.reps = 2, 1
     ensure_wrk()
@@ -427,6 +434,8 @@ def main() -> None:
         run_all(servers, args, workdir, lines)
     finally:
         servers.stop()
+    if args.only:  # a partial run is printed, never taken for the full report
+        return
     report = "\n".join(lines) + "\n"
     (BENCH / "results").mkdir(exist_ok=True)
     (BENCH / "results" / "latest.md").write_text(report)
@@ -488,21 +497,45 @@ def run_all(servers: Servers, args: argparse.Namespace, workdir: Path, lines: Re
             ]
         )
 
+    big = tools_body()
+    big_kb = len(json.dumps(big)) // 1000
+
+    def load(title: str, body: dict, conns: int) -> Callable[[], None]:
+        return lambda: table(
+            title, interleaved(targets, lambda u: wrk(u, body, conns, sec, workdir), reps)
+        )
+
+    def streams() -> None:
+        res = interleaved(targets, lambda u: wrk(u, stream, 16, sec, workdir), reps)
+        table("2a. stream of 100 chunks, concurrency 16", res)
+        out.append("chunks/s: " + ", ".join(f"{k} {v['rps'] * 100:,.0f}" for k, v in res.items()))
+        out.append("")
+
+    scenarios: dict[str, Callable[[], object]] = {
+        "1a": load("1a. non-stream, concurrency 1 (added latency)", small, 1),
+        "1b": load("1b. non-stream, concurrency 32 (throughput)", small, 32),
+        "2a": streams,
+        "2b": lambda: out.extend(first_byte(targets, reps)),
+        "3a": load(f"3a. 20 client tools + long history ({big_kb} KB body), concurrency 1", big, 1),
+        "3b": load("3b. the same, concurrency 32", big, 32),
+        "4": lambda: out.extend(tool_round_report(servers, reps)),
+        "5": lambda: out.extend(memory(servers, workdir)),
+        "1c": lambda: out.extend(workers(servers, small, sec, reps, workdir)),
+        "6": lambda: out.extend(startup_report(workdir)),
+    }
+    unknown = args.only - set(scenarios)
+    if unknown:
+        raise SystemExit(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}")
     for url in targets.values():  # warm-up
         wrk(url, small, 8, 1, workdir)
-    table(
-        "1a. non-stream, concurrency 1 (added latency)",
-        interleaved(targets, lambda u: wrk(u, small, 1, sec, workdir), reps),
-    )
-    table(
-        "1b. non-stream, concurrency 32 (throughput)",
-        interleaved(targets, lambda u: wrk(u, small, 32, sec, workdir), reps),
-    )
-    res = interleaved(targets, lambda u: wrk(u, stream, 16, sec, workdir), reps)
-    table("2a. stream of 100 chunks, concurrency 16", res)
-    out.append("chunks/s: " + ", ".join(f"{k} {v['rps'] * 100:,.0f}" for k, v in res.items()))
-    out.append("")
+    for name, run in scenarios.items():
+        if not args.only or name in args.only:
+            run()
+
+
+def first_byte(targets: dict[str, str], reps: int) -> list[str]:
     t = asyncio.run(ttfb(targets, 100 * reps))
+    out = []
     out.extend(
         [
             "## 2b. stream: time to first byte, concurrency 1",
@@ -520,46 +553,37 @@ def run_all(servers: Servers, args: argparse.Namespace, workdir: Path, lines: Re
             "",
         ]
     )
-    big = tools_body()
-    table(
-        f"3a. 20 client tools + long history ({len(json.dumps(big)) // 1000} KB body), "
-        "concurrency 1",
-        interleaved(targets, lambda u: wrk(u, big, 1, sec, workdir), reps),
-    )
-    table(
-        "3b. the same, concurrency 32",
-        interleaved(targets, lambda u: wrk(u, big, 32, sec, workdir), reps),
-    )
+    return out
+
+
+def tool_round_report(servers: Servers, reps: int) -> list[str]:
     r = asyncio.run(tool_round(servers.gateway, servers.upstream, 200 * reps))
-    out.extend(
-        [
-            "## 4. one gateway tool round (upstream calls a tool, then answers)",
-            "",
-            "| request through the gateway | upstream round 1 | upstream round 2 | tool | "
-            "gateway's own time |",
-            "| ---: | ---: | ---: | ---: | ---: |",
-            f"| {r['gateway']:.2f} ms | {r['up1']:.2f} ms | {r['up2']:.2f} ms | "
-            f"{r['tool']:.2f} ms | **{r['own']:.2f} ms** |",
-            "",
-        ]
-    )
-    out += memory(servers, workdir)
-    out += workers(servers, small, sec, reps, workdir)
+    return [
+        "## 4. one gateway tool round (upstream calls a tool, then answers)",
+        "",
+        "| request through the gateway | upstream round 1 | upstream round 2 | tool | "
+        "gateway's own time |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+        f"| {r['gateway']:.2f} ms | {r['up1']:.2f} ms | {r['up2']:.2f} ms | "
+        f"{r['tool']:.2f} ms | **{r['own']:.2f} ms** |",
+        "",
+    ]
+
+
+def startup_report(workdir: Path) -> list[str]:
     s = startup_times(workdir)
     gh = (
         f"{s['github'][0]:.2f} s for {s['github'][1]} functions"
         if s["github"]
         else "skipped (no npm)"
     )
-    out.extend(
-        [
-            "## 6. start-up",
-            "",
-            f"- example config loaded, tools converted, app built: {s['example'] * 1000:.0f} ms",
-            f"- GitHub's REST description (@octokit/openapi) loaded and converted: {gh}",
-            "",
-        ]
-    )
+    return [
+        "## 6. start-up",
+        "",
+        f"- example config loaded, tools converted, app built: {s['example'] * 1000:.0f} ms",
+        f"- GitHub's REST description (@octokit/openapi) loaded and converted: {gh}",
+        "",
+    ]
 
 
 def memory(servers: Servers, workdir: Path) -> list[str]:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -17,21 +18,46 @@ import orjson
 from aiohttp import web
 
 from gateway import loop_handler, stream
-from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, request_id_header
-from gateway.errors import InvalidRequest, ModelNotFound, NotFound
+from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, Handler, request_id_header
+from gateway.errors import InvalidRequest, ModelNotFound, NotFound, error_body
 from gateway.routing import Route
 from gateway.upstream import BodyFor, Reply, midstream_error
 
 log = logging.getLogger("gateway.handlers")
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{model_id:.+}", get_model)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/{tail:.+}", other_endpoint)
+def add_routes(app: web.Application, edge: Callable[[Handler], Handler]) -> None:
+    """Every route, each handler wrapped in ``edge``; anything else gets an OpenAI 404/405."""
+    app.router.add_get("/healthz", edge(healthz))
+    app.router.add_get("/v1/models", edge(list_models))
+    app.router.add_get("/v1/models/{model_id:.+}", edge(get_model))
+    app.router.add_post("/v1/chat/completions", edge(chat_completions))
+    app.router.add_post("/v1/{tail:.+}", edge(other_endpoint))
+    app.router.add_route("*", "/{path:.*}", edge(no_route))  # last: only what nothing else took
     app.on_startup.append(_cache_models)
+
+
+async def no_route(request: web.Request) -> web.StreamResponse:
+    """A path no route has (404), or one that exists for other methods (405)."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource.canonical != "/{path}":
+            allowed |= (await resource.resolve(request))[1]
+    if not allowed:
+        raise NotFound(f"{request.method} {request.path}: there is no such endpoint here.")
+    methods = ", ".join(sorted(allowed))
+    body = error_body(
+        f"{request.method} {request.path}: method not allowed; use {methods}.",
+        "invalid_request_error",
+        None,
+        "method_not_allowed",
+    )
+    return web.Response(
+        status=405,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={"Allow": methods},
+    )
 
 
 # --- models ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM
+from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, request_id_header
 from gateway.errors import GatewayError
 from gateway.loop import LoopSettings, ToolLoop
 from gateway.openapi.ir import Tool
@@ -67,7 +67,11 @@ class SSEOutput:
     def __init__(self, request: web.Request) -> None:
         self.request = request
         self.response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **request_id_header(request),
+            }
         )
         self._lock = asyncio.Lock()
 

@@ -112,15 +112,11 @@ class Upstream:
         self, route: Route, path: str, body: bytes, stream: bool, request_id: str, query: str
     ) -> Reply:
         route.check_key()
-        headers = {**route.headers, "Content-Type": "application/json"}
+        headers = route.stream_headers if stream else route.send_headers
         if request_id:
-            headers["X-Request-Id"] = request_id
-        if stream:
-            headers["Accept"] = "text/event-stream"
+            headers = {**headers, "X-Request-Id": request_id}
         url = route.url(path) + (f"?{query}" if query else "")
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=route.timeout, sock_read=route.timeout
-        )
+        timeout = route.client_timeout
         for attempt in range(route.retries + 1):
             last = attempt == route.retries
             try:

@@ -438,6 +438,16 @@ async def test_request_id_is_kept_or_made(fake_upstream, make_gateway):
         async with s.get(gw.url + "/nowhere") as r:
             assert r.status == 404 and len(r.headers["x-request-id"]) == 32
             assert_valid("ErrorResponse", await r.json())
+            assert (await r.json())["error"]["code"] == "not_found"
+        async with s.get(gw.v1 + "/chat/completions") as r:  # a path that exists, for POST
+            assert r.status == 405 and r.headers["Allow"] == "POST"
+            assert len(r.headers["x-request-id"]) == 32
+            assert_valid("ErrorResponse", await r.json())
+            assert (await r.json())["error"]["code"] == "method_not_allowed"
+        async with s.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": []}) as r:
+            first = r.headers["x-request-id"]
+        async with s.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": []}) as r:
+            assert r.headers["x-request-id"] != first
     assert up.received[0].headers["X-Request-Id"] == "abc-1"
 
 

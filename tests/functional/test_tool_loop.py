@@ -179,7 +179,7 @@ async def raw_stream(gw, body: dict) -> tuple[bytes, dict]:
         aiohttp.ClientSession() as s,
         s.post(gw.v1 + "/chat/completions", json={**body, "stream": True}) as r,
     ):
-        return await r.read(), dict(r.headers)
+        return await r.read(), r.headers.copy()
 
 
 def events(raw: bytes) -> list[dict]:
@@ -221,6 +221,7 @@ async def test_single_call_stream_is_one_coherent_stream(setup, tool_api):
         gw, {"model": "m", "messages": USER, "stream_options": {"include_usage": True}}
     )
     assert headers["Content-Type"].startswith("text/event-stream")
+    assert len(headers["x-request-id"]) == 32  # a prepared stream carries it too
     assert raw.endswith(b"data: [DONE]\n\n")
     assert b"\nid:" not in raw and b"event:" not in raw
     chunks = events(raw)
