@@ -305,7 +305,9 @@ def build_config(raw: Any, source: str, base_dir: Path) -> GatewayConfig:
     try:
         config = GatewayConfig(**data)
     except ValidationError as e:
-        raise ConfigError(source, [_format_error(err) for err in e.errors()]) from None
+        problems = [_format_error(err) for err in e.errors()]
+        problems += [p for p in _raw_cross_check(data) if p not in problems]
+        raise ConfigError(source, problems) from None
     problems = cross_check(config)
     if problems:
         raise ConfigError(source, problems)
@@ -335,33 +337,62 @@ def _format_error(err: Any) -> str:
 
 def cross_check(config: GatewayConfig) -> list[str]:
     """Problems pydantic cannot see: duplicates and references between entries."""
-    problems: list[str] = []
-    ids = [m.id for m in config.models]
-    toolsets = [t.name for t in config.tools]
-    problems += _duplicates("models", "id", ids)
-    problems += _duplicates("tools", "name", toolsets)
-    for i, m in enumerate(config.models):
-        for j, fb in enumerate(m.fallbacks):
-            if fb == m.id:
+    return _references(
+        [m.id for m in config.models],
+        [t.name for t in config.tools],
+        [(m.fallbacks, m.tools) for m in config.models],
+    )
+
+
+def _raw_cross_check(data: dict[str, Any]) -> list[str]:
+    """The same checks on the raw entries, so they are reported beside pydantic's errors."""
+
+    def entries(key: str) -> list[Any]:
+        value = data.get(key)
+        return value if isinstance(value, list) else []
+
+    def field(entry: Any, key: str) -> Any:
+        return entry.get(key) if isinstance(entry, dict) else None
+
+    def names(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else []
+
+    models = entries("models")
+    return _references(
+        [field(m, "id") for m in models],
+        [field(t, "name") for t in entries("tools")],
+        [(names(field(m, "fallbacks")), names(field(m, "tools"))) for m in models],
+    )
+
+
+def _references(
+    ids: list[Any], toolsets: list[Any], refs: list[tuple[list[Any], list[Any]]]
+) -> list[str]:
+    problems = _duplicates("models", "id", ids) + _duplicates("tools", "name", toolsets)
+    known_ids = ", ".join(dict.fromkeys(i for i in ids if isinstance(i, str)))
+    known_sets = ", ".join(dict.fromkeys(t for t in toolsets if isinstance(t, str))) or "none"
+    for i, (fallbacks, tools) in enumerate(refs):
+        for j, fb in enumerate(fallbacks):
+            if fb == ids[i]:
                 problems.append(f"models[{i}].fallbacks[{j}]: a model cannot fall back to itself")
-            elif fb not in ids:
+            elif isinstance(fb, str) and fb not in ids:
                 problems.append(
-                    f"models[{i}].fallbacks[{j}]: unknown model id {fb!r} "
-                    f"(configured: {', '.join(ids)})"
+                    f"models[{i}].fallbacks[{j}]: unknown model id {fb!r} (configured: {known_ids})"
                 )
-        for j, ts in enumerate(m.tools):
-            if ts not in toolsets:
-                known = ", ".join(toolsets) or "none"
+        for j, ts in enumerate(tools):
+            if isinstance(ts, str) and ts not in toolsets:
                 problems.append(
-                    f"models[{i}].tools[{j}]: unknown toolset {ts!r} (configured: {known})"
+                    f"models[{i}].tools[{j}]: unknown toolset {ts!r} (configured: {known_sets})"
                 )
     return problems
 
 
-def _duplicates(section: str, key: str, values: list[str]) -> list[str]:
+def _duplicates(section: str, key: str, values: list[Any]) -> list[str]:
     first: dict[str, int] = {}
     out = []
     for i, v in enumerate(values):
+        if not isinstance(v, str):
+            continue
         if v in first:
             out.append(f"{section}[{i}].{key}: duplicate {v!r} (first at {section}[{first[v]}])")
         else:

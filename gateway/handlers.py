@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway import loop_handler, stream
 from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, Handler, request_id_header
-from gateway.errors import InvalidRequest, ModelNotFound, NotFound, error_body
+from gateway.errors import InvalidRequest, NotFound, error_body
 from gateway.routing import Route
 from gateway.upstream import BodyFor, Reply, midstream_error
 
@@ -144,7 +144,11 @@ def resolve(request: web.Request, body: dict[str, Any]) -> Route:
             "'model' is required: name one of the gateway's models.", param="model"
         )
     if not isinstance(model, str):
-        raise ModelNotFound(f"'model' must be a string, got {type(model).__name__}", param="model")
+        raise InvalidRequest(
+            f"'model' must be a string naming one of the gateway's models, "
+            f"got {type(model).__name__}.",
+            param="model",
+        )
     return request.app[ROUTER].resolve(model)
 
 

@@ -93,9 +93,29 @@ def test_cross_checks_name_paths():
     )
     assert found == [
         "models[1].id: duplicate 'a' (first at models[0])",
-        "models[0].fallbacks[0]: unknown model id 'zz' (configured: a, a)",
+        "models[0].fallbacks[0]: unknown model id 'zz' (configured: a)",
         "models[0].fallbacks[1]: a model cannot fall back to itself",
         "models[0].tools[0]: unknown toolset 'pets' (configured: none)",
+    ]
+
+
+def test_reference_errors_come_with_type_errors_all_at_once():
+    found = problems(
+        {
+            "models": [
+                {"id": "a", "base_url": "http://a", "timeout": -1, "fallbacks": ["zz"]},
+                {"id": "a", "base_url": "ftp://c", "tools": ["pets"]},
+                "not a mapping",
+            ]
+        }
+    )
+    assert found == [
+        "models[0].timeout: Input should be greater than 0",
+        "models[1].base_url: must be an http:// or https:// URL with a host, got 'ftp://c'",
+        "models[2]: Input should be a valid dictionary or instance of ModelConfig",
+        "models[1].id: duplicate 'a' (first at models[0])",
+        "models[0].fallbacks[0]: unknown model id 'zz' (configured: a)",
+        "models[1].tools[0]: unknown toolset 'pets' (configured: none)",
     ]
 
 

@@ -175,6 +175,7 @@ async def test_unknown_model_lists_configured_ids(fake_upstream, make_gateway, o
         (b'{"messages": [{"role": "user", "content": "x"}]}', "'model' is required"),
         (b'{"model": "m"}', "'messages' is required"),
         (b'{"model": "m", "messages": []}', "non-empty"),
+        (b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', "must be a string"),
     ],
 )
 async def test_bad_requests_get_400_naming_the_problem(fake_upstream, make_gateway, data, fragment):
