@@ -1,4 +1,4 @@
-"""``create_app(config)``: app state, the upstream session's lifetime, and the middlewares.
+"""``create_app(config)``: app state, the upstream session's lifetime, and the edge.
 
 One edge, wrapped around every handler: the request id, the client key check, and every
 failure turned into an OpenAI error body. Handlers that stream set ``x-request-id`` before

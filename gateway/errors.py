@@ -12,7 +12,7 @@
 
     ConfigError                        not an HTTP error: a bad config file or spec
 
-Handlers raise; one middleware (``app.error_middleware``) turns a ``GatewayError``
+Handlers raise; the edge wrapped around every handler (``app.edge``) turns a ``GatewayError``
 into an OpenAI-shaped body ``{"error": {"message", "type", "param", "code"}}``.
 """
 
