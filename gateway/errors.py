@@ -96,9 +96,13 @@ class UpstreamError(GatewayError):
     def body(self) -> dict[str, Any]:
         if self.error is None:
             return super().body()
-        merged = {"message": self.message, "type": self.type, "param": None, "code": None}
-        merged.update(self.error)
-        merged["message"] = self.message
+        merged = {**self.error, "message": self.message}
+        # OpenAI's four keys keep OpenAI's types: some servers (vLLM) send ``code: 400``
+        for key, default in (("type", self.type), ("param", None), ("code", self.code)):
+            value = merged.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = str(value)
+            merged[key] = value if isinstance(value, str) else default
         return {"error": merged}
 
 

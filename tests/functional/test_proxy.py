@@ -248,6 +248,11 @@ async def test_upstream_errors_keep_status_and_message(fake_upstream, make_gatew
         ),
         Reply(status=422, raw=b"Unprocessable: bad thing", content_type="text/plain"),
         Reply(status=500, json={"detail": "boom"}),
+        # vLLM's shape: an integer code, which OpenAI's schema types as a string
+        Reply(
+            status=400,
+            json={"error": {"message": "too long", "type": "BadRequestError", "code": 400}},
+        ),
     )
     gw = await make_gateway({"models": [model("m", up)]})
     c = oai(gw)
@@ -256,6 +261,7 @@ async def test_upstream_errors_keep_status_and_message(fake_upstream, make_gatew
     body = e.value.response.json()
     assert body["error"]["message"] == "max_tokens too large"
     assert body["error"]["param"] == "max_tokens" and body["error"]["x_extra"] == 1
+    assert_valid("ErrorResponse", body)
     with pytest.raises(openai.UnprocessableEntityError) as e:
         await c.chat.completions.create(model="m", messages=MESSAGES)
     assert e.value.response.json()["error"]["message"] == "Unprocessable: bad thing"
@@ -264,6 +270,12 @@ async def test_upstream_errors_keep_status_and_message(fake_upstream, make_gatew
         await c.chat.completions.create(model="m", messages=MESSAGES)
     assert e.value.response.json()["error"]["message"] == "boom"
     assert_valid("ErrorResponse", e.value.response.json())
+    with pytest.raises(openai.BadRequestError) as e:
+        await c.chat.completions.create(model="m", messages=MESSAGES)
+    body = e.value.response.json()
+    assert body["error"]["code"] == "400" and body["error"]["param"] is None
+    assert body["error"]["type"] == "BadRequestError"
+    assert_valid("ErrorResponse", body)
 
 
 async def test_unreachable_upstream_is_502_naming_model_and_host(
