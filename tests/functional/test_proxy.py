@@ -436,6 +436,20 @@ async def test_other_endpoints_are_proxied_by_model(fake_upstream, make_gateway,
     assert up.received[0].body["model"] == "emb-up"
     with pytest.raises(openai.NotFoundError):
         await oai(gw).embeddings.create(model="nope", input="x")
+    async with aiohttp.ClientSession() as s:
+        # JSON sent with another content type (curl -d's default) is still JSON, as for chat
+        body = orjson.dumps({"model": "emb", "input": "x"})
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with s.post(gw.v1 + "/embeddings", data=body, headers=form) as r:
+            assert r.status == 200 and up.received[1].body["model"] == "emb-up"
+        upload = aiohttp.FormData({"model": "emb", "purpose": "batch"})
+        upload.add_field("file", b"{}", filename="x.jsonl")
+        async with s.post(gw.v1 + "/files", data=upload) as r:
+            assert r.status == 415
+            error = (await r.json())["error"]
+            assert error["code"] == "unsupported_media_type" and "multipart" in error["message"]
+            assert_valid("ErrorResponse", await r.json())
+    assert len(up.received) == 2
 
 
 async def test_request_id_is_kept_or_made(fake_upstream, make_gateway):
