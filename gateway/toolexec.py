@@ -77,7 +77,9 @@ class ToolExecutor:
             log.info("tool %s: rejected arguments (request %s): %s", tool.name, self.request_id, e)
             return ToolResult(f"Error: {e}")
         self.executed += 1
+        toolset = self.toolsets[tool.toolset]
         result = await self._send(tool, request)
+        result.content = scrub_secrets(result.content, toolset)
         log.info(
             "tool call request_id=%s function=%s method=%s url=%s status=%s ms=%.1f bytes=%d",
             self.request_id,
@@ -132,6 +134,24 @@ class ToolExecutor:
                     continue
                 return await read_result(resp, self.max_bytes)
         return ToolResult(f"Error: more than {MAX_REDIRECTS} redirects.")
+
+
+def scrub_secrets(text: str, toolset: ToolsetConfig) -> str:
+    """Hide the toolset's credentials in what a tool server sent back (echo endpoints do)."""
+    auth = toolset.auth
+    if auth is None:
+        return text
+    if auth.type == "bearer":
+        secrets = [auth.token.get_secret_value()]
+    elif auth.type == "basic":
+        raw = f"{auth.username}:{auth.password.get_secret_value()}".encode()
+        secrets = [base64.b64encode(raw).decode(), auth.password.get_secret_value()]
+    else:
+        secrets = [auth.value.get_secret_value()]
+    for secret in secrets:
+        if len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "[redacted]")
+    return text
 
 
 def _origin(url: str) -> str:

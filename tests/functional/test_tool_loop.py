@@ -581,6 +581,21 @@ async def test_query_auth_is_sent_but_not_logged(setup, tool_api, caplog):
     assert "status=200" in line and "ms=" in line and "bytes=" in line
 
 
+@pytest.mark.parametrize(
+    "auth, field",
+    [
+        ({"type": "cookie", "name": "sid", "value": "cookie-secret-1"}, "cookie"),
+        ({"type": "query", "name": "key", "value": "query-secret-1"}, "query"),
+    ],
+)
+async def test_credentials_echoed_by_a_tool_server_are_redacted(setup, auth, field):
+    """A tool server that echoes the request must not hand the credential to the model."""
+    args = {"id": "7", "tags": ["a"]}
+    content = await run_one(setup, "echoGet", args, toolset={"auth": auth})
+    echoed_value = echoed(content)[field]
+    assert "[redacted]" in echoed_value and auth["value"] not in content
+
+
 # --- upstream quirks ------------------------------------------------------------------------
 
 
