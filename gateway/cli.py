@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import multiprocessing
@@ -120,8 +121,10 @@ def run(
     from gateway.app import create_app
 
     _install_uvloop()
+    app = create_app(config, tools)
+    app.on_startup.append(_freeze_startup_heap)  # after the tools are loaded
     web.run_app(
-        create_app(config, tools),
+        app,
         host=host,
         port=port,
         reuse_port=reuse_port or None,
@@ -129,6 +132,18 @@ def run(
         access_log=None,
         print=lambda s: log.info("%s", s.strip()),
     )
+
+
+async def _freeze_startup_heap(app: object) -> None:
+    """Keep what start-up built (config, tools, schemas, modules) out of the cyclic GC.
+
+    Every request allocates enough (a parsed body, its messages) to trigger collections;
+    without this each full one walks the whole start-up heap again. In the bench it took
+    the 30 KB-body throughput from 0.71-0.74 to 0.90-1.05 of the floor, and the p99 of
+    small requests at concurrency 32 from ~30 ms to ~8 ms.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _install_uvloop() -> None:
