@@ -25,6 +25,7 @@ class ToolsetReport:
     skipped: list[Skipped] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)  # include/exclude entries matching nothing
     cuts: int = 0  # recursive schemas cut
+    no_server: list[str] = field(default_factory=list)  # operations with nowhere to send calls
 
 
 @dataclass
@@ -50,6 +51,12 @@ class ToolSet:
         out = [str(s) for r in self.reports for s in r.skipped]
         for r in self.reports:
             out += [f"toolset {r.name}: filter {u!r} matches no operation" for u in r.unmatched]
+            if r.no_server:
+                out.append(
+                    f"toolset {r.name}: no absolute server URL in the spec for "
+                    f"{len(r.no_server)} operation(s) (e.g. {r.no_server[0]}); their calls "
+                    "will fail until the toolset sets base_url"
+                )
         for model_id, tools in self.by_model.items():
             if len(tools) > OPENAI_MAX_TOOLS:
                 out.append(
@@ -91,6 +98,7 @@ def convert_all(config: GatewayConfig, specs: dict[str, Spec]) -> ToolSet:
             skipped,
             _unmatched(ts, [op for op, _ in done]),
             conv.schemas.cuts,
+            [] if ts.base_url else [op.label for op, _ in done if not _absolute(op.server)],
         )
         reports.append(report)
         converted += [(op, params, ts.prefix) for op, params in done]
@@ -107,6 +115,10 @@ def convert_all(config: GatewayConfig, specs: dict[str, Spec]) -> ToolSet:
     for warning in result.warnings():
         log.warning("%s", warning)
     return result
+
+
+def _absolute(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(("http://", "https://"))
 
 
 def _unmatched(ts: ToolsetConfig, ops: list[Operation]) -> list[str]:

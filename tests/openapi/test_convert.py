@@ -1084,3 +1084,14 @@ def test_check_fails_on_bad_spec(tmp_path, capsys):
     (tmp_path / "gw.yaml").write_text("tools:\n  - {name: s, spec: s.yaml}\n")
     assert main(["check", "--config", str(tmp_path / "gw.yaml")]) == 1
     assert "s.yaml" in capsys.readouterr().err
+
+
+async def test_operations_with_no_server_to_call_are_warned_about(tmp_path):
+    ops = {"/x": {"get": {"operationId": "getX"}}}
+    tools = await convert(tmp_path, oas3(ops))  # no servers: only "/" relative to a file
+    [warning] = tools.warnings()
+    assert "toolset t0: no absolute server URL" in warning and "GET /x" in warning
+    assert "base_url" in warning
+    assert (await convert(tmp_path, oas3(ops), base_url="http://api.test")).warnings() == []
+    served = oas3(ops, servers=[{"url": "https://api.test/v1"}])
+    assert (await convert(tmp_path, served)).warnings() == []
