@@ -83,12 +83,12 @@ class ToolLoop:
         if tools:
             body["tools"] = tools
             choice = body.get("tool_choice")
-            if (
-                self.final
-                and isinstance(choice, dict)
-                and _tool_name(choice) not in self.client_names
-            ):
+            forced_ours = isinstance(choice, dict) and _tool_name(choice) not in self.client_names
+            if self.final and forced_ours:
                 body.pop("tool_choice")
+            elif self.rounds and (forced_ours or choice == "required"):
+                # the model did use a tool as asked; forcing it again would only loop
+                body["tool_choice"] = "auto"
         else:
             for key in ("tools", "tool_choice", "parallel_tool_calls"):
                 body.pop(key, None)

@@ -90,3 +90,16 @@ async def test_unknown_names_are_ours_so_the_model_hears_about_them():
     script = Script(reply(None, "made_up"), reply("ok"))
     _, ran, _ = await run(script, {})
     assert ran == ["made_up"]  # run_call answers with an error message for the model
+
+
+async def test_a_forced_tool_choice_is_relaxed_after_the_first_round():
+    """`required` or a named gateway function would force a call every round until the limit."""
+    for choice in ("required", {"type": "function", "function": {"name": "ours"}}):
+        script = Script(reply(None, "ours"), reply("answer"))
+        result, ran, _ = await run(script, {"tool_choice": choice})
+        assert ran == ["ours"] and result["choices"][0]["message"]["content"] == "answer"
+        assert script.requests[0]["tool_choice"] == choice
+        assert script.requests[1]["tool_choice"] == "auto"
+    script = Script(reply(None, "ours"), reply("answer"))
+    await run(script, {"tool_choice": "none"})  # anything else is the client's, every round
+    assert [r["tool_choice"] for r in script.requests] == ["none", "none"]
