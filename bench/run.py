@@ -15,6 +15,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -178,13 +179,18 @@ def wrk(
         'wrk.headers["Content-Type"] = "application/json"\n'
         'wrk.headers["Authorization"] = "Bearer bench"\n'
     )
+    flag = workdir / "wrk-limit-reached"
+    flag.unlink(missing_ok=True)
     if limit:
+        # wrk sleeps out its whole -d even when its thread stops: the script drops a file
+        # at the limit, and SIGINT (which makes wrk print its report at once) ends it
         lua += (
             f"local n = 0\nfunction response(status, headers, body)\n  n = n + 1\n"
-            f"  if n >= {limit} then wrk.thread:stop() end\nend\n"
+            f'  if n == {limit} then io.open("{flag}", "w"):close(); wrk.thread:stop() end\n'
+            "end\n"
         )
     script.write_text(lua)
-    out = subprocess.run(
+    proc = subprocess.Popen(
         [
             "wrk",
             "-t1",
@@ -195,10 +201,18 @@ def wrk(
             str(script),
             url + "/v1/chat/completions",
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=True,
-    ).stdout
+    )
+    if limit:
+        while proc.poll() is None and not flag.exists():
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"wrk failed ({proc.returncode}): {err.strip()}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
