@@ -54,6 +54,7 @@ class ToolLoop:
         run_call: RunCall,
         settings: LoopSettings,
         request_id: str = "",
+        model: str = "",
     ) -> None:
         self.body = body
         tools = body.get("tools")
@@ -65,6 +66,7 @@ class ToolLoop:
         self.run_call = run_call
         self.settings = settings
         self.request_id = request_id
+        self.model = model  # the client's model id, for error messages
         self.messages = list(body["messages"])
         self.rounds = 0  # rounds whose gateway calls were executed
         self.calls_executed = 0
@@ -139,8 +141,10 @@ class ToolLoop:
         while True:
             response = await self.backend.complete(self.request())
             usage = add_usage(usage, response.get("usage"))
-            choice = _first_choice(response)
+            choice = _first_choice(response, self.model)
             message = choice.get("message") or {}
+            if not isinstance(message, dict):
+                raise _malformed(self.model, "its choices[0].message is not an object")
             calls = _with_ids(message.get("tool_calls"))
             ours, client = self.split(calls)
             if ours and not client:
@@ -229,11 +233,19 @@ def _tool_name(tool: Any) -> str | None:
     return None
 
 
-def _first_choice(response: dict[str, Any]) -> dict[str, Any]:
+def _first_choice(response: dict[str, Any], model: str) -> dict[str, Any]:
     choices = response.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise UpstreamError("The upstream's reply has no choices", status=502)
+        raise _malformed(model, "it has no choices")
     return choices[0]
+
+
+def _malformed(model: str, why: str) -> UpstreamError:
+    return UpstreamError(
+        f"The upstream of model {model!r} sent a chat completion the gateway cannot use: {why}",
+        status=502,
+        code="upstream_bad_response",
+    )
 
 
 def _with_ids(calls: Any) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway import stream
 from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, request_id_header
 from gateway.errors import GatewayError
 from gateway.loop import LoopSettings, ToolLoop
@@ -47,11 +48,23 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
 
     backend = UpstreamBackend(app[UPSTREAM], app[ROUTER].chain(route), request_id)
     settings = LoopSettings(config.limits.max_tool_rounds, config.limits.keepalive_interval)
-    loop = ToolLoop(body, toolset.openai_tools(route.id), backend, run_call, settings, request_id)
+    loop = ToolLoop(
+        body, toolset.openai_tools(route.id), backend, run_call, settings, request_id, route.id
+    )
     if body.get("stream") is True:
         out = SSEOutput(request)
-        with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
-            await loop.stream(out)  # a client that went away ends it; all under it is cancelled
+        try:
+            await loop.stream(out)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass  # the client went away; everything under the loop is cancelled
+        except Exception:
+            if not out.response.prepared:
+                raise  # still an ordinary HTTP error
+            # after the headers, an error can only be an event: never a second status line
+            log.exception("tool loop failed mid-stream (request %s)", request_id)
+            failed = GatewayError("The gateway failed while handling this stream.")
+            with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+                await out.write(stream.error_event(failed))
         return await out.close()
     response = await loop.complete()
     return web.Response(

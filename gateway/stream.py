@@ -92,7 +92,9 @@ class ToolCallAccumulator:
                 self._add(delta)
 
     def _add(self, delta: dict[str, Any]) -> None:
-        fn = delta.get("function") or {}
+        fn = delta.get("function")
+        if not isinstance(fn, dict):
+            fn = {}
         call_id = delta.get("id") or ""
         index = delta.get("index")
         pos = (
@@ -202,14 +204,16 @@ class StreamMerger:
         choices = chunk.get("choices")
         if not isinstance(choices, list) or not choices:
             return None
-        kept = [c for c in (self._choice(c) for c in choices) if c is not None]
+        kept = [c for c in (self._choice(c) for c in choices if isinstance(c, dict)) if c]
         if not kept:
             return None
         chunk["choices"] = kept
         return chunk
 
     def _choice(self, choice: dict[str, Any]) -> dict[str, Any] | None:
-        delta = choice.get("delta") or {}
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = {}
         tool_calls = delta.pop("tool_calls", None)
         if tool_calls:
             self.calls.add(tool_calls)

@@ -695,3 +695,64 @@ async def test_disconnect_mid_tool_cancels_everything(setup, tool_api):
     assert len(up.received) == 1  # no second round was asked for
     tasks = [t for t in asyncio.all_tasks() if "run_call" in repr(t) or "keepalive" in repr(t)]
     assert tasks == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"choices": [None]},
+        {"choices": [{"index": 0, "delta": "text", "finish_reason": None}]},
+        {"choices": "nope"},
+        [1, 2],
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": "x"}]}}]},
+    ],
+)
+async def test_a_malformed_stream_chunk_never_breaks_the_stream(setup, bad):
+    """Whatever an upstream sends mid-stream, the client gets a well-formed SSE stream."""
+    up, gw, client = await setup()
+    up.push(Reply(chunks=[chunk({"role": "assistant", "content": "Hi"}), bad, chunk({}, "stop")]))
+    stream = await client.chat.completions.create(model="m", messages=USER, stream=True)
+    got = [c async for c in stream]
+    assert got[0].choices[0].delta.content == "Hi"
+    assert got[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "message", ["just a string", None, {"role": "assistant", "tool_calls": "nope"}]
+)
+async def test_a_malformed_completion_is_a_502_naming_the_model(setup, message):
+    up, gw, client = await setup()
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    up.push(Reply(json=completion(choices=[choice])))
+    try:
+        res = await client.chat.completions.create(model="m", messages=USER)
+    except openai.APIStatusError as e:
+        assert e.status_code == 502 and "'m'" in e.message
+        assert_valid("ErrorResponse", e.response.json())
+    else:  # what can be read as an answer is passed on
+        assert res.choices[0].finish_reason == "stop"
+
+
+async def test_a_gateway_bug_mid_stream_is_an_error_event_not_a_second_response(
+    setup, monkeypatch, caplog
+):
+    from gateway.stream import StreamMerger
+
+    seen = []
+    original = StreamMerger.process
+
+    def process(self, chunk):
+        seen.append(chunk)
+        if len(seen) == 2:
+            raise RuntimeError("a bug")
+        return original(self, chunk)
+
+    monkeypatch.setattr(StreamMerger, "process", process)
+    up, gw, client = await setup()
+    up.push(Reply(chunks=[chunk({"role": "assistant", "content": "Hi"}), chunk({"content": "!"})]))
+    stream = await client.chat.completions.create(model="m", messages=USER, stream=True)
+    with pytest.raises(openai.APIError) as e:
+        async for _ in stream:
+            pass
+    assert "failed while handling this stream" in e.value.message
+    assert "a bug" in caplog.text  # logged with its traceback, not shown to the client
