@@ -141,8 +141,8 @@ class ToolCallAccumulator:
 
 
 def add_usage(total: dict[str, Any] | None, usage: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Sum two usage objects (nested token details too)."""
-    if not usage:
+    """Sum two usage objects (nested token details too); anything else is ignored."""
+    if not usage or not isinstance(usage, dict):
         return total
     if total is None:
         return _copy_usage(usage)

@@ -94,3 +94,8 @@ def test_merger_keeps_one_identity_one_role_and_holds_finish_and_usage():
     assert (later["id"], later["created"], later["model"]) == ("c1", 1, "x")
     assert later["choices"][0] == {"index": 0, "delta": {"content": "b"}, "finish_reason": None}
     assert m.finish_reason == "stop"
+
+
+def test_usage_that_is_not_an_object_is_ignored():
+    assert add_usage(None, "lots") is None  # type: ignore[arg-type]
+    assert add_usage({"total_tokens": 1}, [3]) == {"total_tokens": 1}  # type: ignore[arg-type]
