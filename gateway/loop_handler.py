@@ -52,7 +52,7 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
         body, toolset.openai_tools(route.id), backend, run_call, settings, request_id, route.id
     )
     if body.get("stream") is True:
-        out = SSEOutput(request)
+        out = SSEOutput(request, backend)
         try:
             await loop.stream(out)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -67,28 +67,30 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
                 await out.write(stream.error_event(failed))
         return await out.close()
     response = await loop.complete()
-    return web.Response(
-        body=orjson.dumps(response),
-        content_type="application/json",
-        headers={TOOL_CALLS_HEADER: str(loop.calls_executed)},
-    )
+    headers = {**backend.headers, TOOL_CALLS_HEADER: str(loop.calls_executed)}
+    headers["Content-Type"] = "application/json"
+    return web.Response(body=orjson.dumps(response), headers=headers)
 
 
 class SSEOutput:
     """The client's SSE response, prepared only once the first round has connected."""
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, backend: UpstreamBackend) -> None:
         self.request = request
-        self.response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                **request_id_header(request),
-            }
-        )
+        self.backend = backend
+        self.response = web.StreamResponse()
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
+        """Send the headers: the first round's upstream headers, and ours."""
+        self.response.headers.update(self.backend.headers)
+        self.response.headers.update(
+            {
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **request_id_header(self.request),
+            }
+        )
         await self.response.prepare(self.request)
 
     async def write(self, data: bytes) -> None:
@@ -109,6 +111,8 @@ class UpstreamBackend:
         self.upstream = upstream
         self.chain = chain
         self.request_id = request_id
+        #: the last round's upstream headers worth passing on (rate limits, openai-*)
+        self.headers: dict[str, str] = {}
 
     def _body_for(self, body: dict[str, Any]) -> Any:
         return lambda route: orjson.dumps(route.rewrite(body))
@@ -121,6 +125,7 @@ class UpstreamBackend:
             stream=False,
             request_id=self.request_id,
         )
+        self.headers = reply.client_headers()
         return _json_object(reply.body or b"", reply.route)
 
     async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -131,6 +136,7 @@ class UpstreamBackend:
             stream=True,
             request_id=self.request_id,
         )
+        self.headers = reply.client_headers()
         if reply.body is not None:  # the upstream answered a stream request with JSON
             return _as_chunks(_json_object(reply.body, reply.route))
         return self._chunks(reply)

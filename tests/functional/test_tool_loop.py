@@ -756,3 +756,31 @@ async def test_a_gateway_bug_mid_stream_is_an_error_event_not_a_second_response(
             pass
     assert "failed while handling this stream" in e.value.message
     assert "a bug" in caplog.text  # logged with its traceback, not shown to the client
+
+
+async def test_upstream_rate_limit_headers_reach_the_client(setup):
+    """As on the pass-through path: the first round's for a stream, the last round's otherwise."""
+
+    def with_limit(reply, remaining: str):
+        def make(rec) -> Reply:
+            out = reply(rec)
+            out.headers = {"x-ratelimit-remaining-requests": remaining, "openai-version": "x"}
+            return out
+
+        return make
+
+    up, gw, client = await setup()
+    call = calls(("getWeather", {"location": "Oslo"}))
+    up.push(with_limit(call, "99"), with_limit(answer(), "98"))
+    raw = await client.chat.completions.with_raw_response.create(model="m", messages=USER)
+    assert raw.headers["x-ratelimit-remaining-requests"] == "98"
+    assert raw.headers["openai-version"] == "x" and raw.headers["x-gateway-tool-calls"] == "1"
+    assert raw.headers["content-type"] == "application/json"
+    up.push(with_limit(call, "97"), with_limit(answer(), "96"))
+    raw = await client.chat.completions.with_raw_response.create(
+        model="m", messages=USER, stream=True
+    )
+    assert raw.headers["x-ratelimit-remaining-requests"] == "97"
+    assert raw.headers["content-type"] == "text/event-stream"
+    text, _ = await collect(raw.parse())
+    assert text == "It is sunny in Paris."
