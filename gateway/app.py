@@ -1,12 +1,14 @@
 """``create_app(config)``: app state, the upstream session's lifetime, and the edge.
 
 One edge, wrapped around every handler: the request id, the client key check, and every
-failure turned into an OpenAI error body. Handlers that stream set ``x-request-id`` before
-they prepare their response (``request_id_header``); the edge sets it on every other one.
+failure turned into an OpenAI error body. Handlers that stream start their response with
+``start_stream``, so that it carries ``x-request-id`` and so that a failure after its
+headers went out ends the stream with an error event instead of a second response.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import itertools
@@ -17,8 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
+from gateway import stream
 from gateway.config import GatewayConfig
 from gateway.errors import AuthenticationFailed, GatewayError, error_body
 from gateway.openapi.load import fetch_with
@@ -33,6 +36,9 @@ ROUTER = web.AppKey("router", Router)
 UPSTREAM = web.AppKey("upstream", Upstream)
 TOOLS = web.AppKey("tools", ToolSet)
 REQUEST_ID: Any = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
+STREAM: Any = (
+    web.RequestKey("stream", web.StreamResponse) if hasattr(web, "RequestKey") else "stream"
+)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PUBLIC_PATHS = frozenset({"/healthz"})
 
@@ -63,6 +69,8 @@ def edge(keys: list[bytes]) -> Callable[[Handler], Handler]:
                     check_client_key(request, keys)
                 response = await handler(request)
             except GatewayError as e:
+                if (started := _started_stream(request)) is not None:
+                    return await _end_stream(started, e)
                 response = json_error(e.status, e.body_bytes())
             except web.HTTPException as e:
                 if e.status < 400:
@@ -72,6 +80,9 @@ def edge(keys: list[bytes]) -> Callable[[Handler], Handler]:
                 log.exception(
                     "unhandled error in %s %s (request %s)", request.method, request.path, rid
                 )
+                if (started := _started_stream(request)) is not None:
+                    failed = GatewayError("The gateway failed while handling this stream.")
+                    return await _end_stream(started, failed)
                 body = error_body("The gateway failed while handling this request.", "server_error")
                 response = json_error(500, orjson.dumps(body))
             if not response.prepared:  # streaming handlers set it before they prepare
@@ -109,8 +120,24 @@ def check_client_key(request: web.Request, keys: list[bytes]) -> None:
         )
 
 
-def request_id_header(request: web.Request) -> dict[str, str]:
-    return {"x-request-id": request[REQUEST_ID]}
+async def start_stream(request: web.Request, response: web.StreamResponse) -> None:
+    """Send a streaming response's headers (with ``x-request-id``); the edge now knows it."""
+    response.headers["x-request-id"] = request[REQUEST_ID]
+    request[STREAM] = response
+    await response.prepare(request)
+
+
+def _started_stream(request: web.Request) -> web.StreamResponse | None:
+    response = request.get(STREAM)
+    return response if response is not None and response.prepared else None
+
+
+async def _end_stream(response: web.StreamResponse, error: GatewayError) -> web.StreamResponse:
+    """After the headers, an error can only be an SSE event: never a second status line."""
+    with contextlib.suppress(ConnectionResetError, ClientConnectionResetError):
+        await response.write(stream.error_event(error))
+        await response.write_eof()
+    return response
 
 
 def create_app(config: GatewayConfig, tools: ToolSet | None = None) -> web.Application:

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from gateway import loop_handler, stream
-from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, Handler, request_id_header
+from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, Handler, start_stream
 from gateway.errors import GatewayError, InvalidRequest, NotFound, error_body
 from gateway.routing import Route
 from gateway.upstream import BodyFor, Reply, midstream_error
@@ -195,10 +195,9 @@ async def relay(request: web.Request, reply: Reply) -> web.StreamResponse:
     """Forward an upstream SSE stream chunk by chunk, as it arrives."""
     headers = reply.client_headers()
     headers["Cache-Control"] = "no-cache"
-    headers.update(request_id_header(request))
     response = web.StreamResponse(status=reply.status, headers=headers)
     try:
-        await response.prepare(request)
+        await start_stream(request, response)
         async for chunk in reply.response.content.iter_any():
             await response.write(chunk)
     except (asyncio.TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:

@@ -12,8 +12,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway import stream
-from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, request_id_header
+from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, start_stream
 from gateway.errors import GatewayError
 from gateway.loop import LoopSettings, ToolLoop
 from gateway.openapi.ir import Tool
@@ -53,18 +52,8 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
     )
     if body.get("stream") is True:
         out = SSEOutput(request, backend)
-        try:
-            await loop.stream(out)
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            pass  # the client went away; everything under the loop is cancelled
-        except Exception:
-            if not out.response.prepared:
-                raise  # still an ordinary HTTP error
-            # after the headers, an error can only be an event: never a second status line
-            log.exception("tool loop failed mid-stream (request %s)", request_id)
-            failed = GatewayError("The gateway failed while handling this stream.")
-            with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
-                await out.write(stream.error_event(failed))
+        with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+            await loop.stream(out)  # a client that went away ends it; all under it is cancelled
         return await out.close()
     response = await loop.complete()
     headers = {**backend.headers, TOOL_CALLS_HEADER: str(loop.calls_executed)}
@@ -85,13 +74,9 @@ class SSEOutput:
         """Send the headers: the first round's upstream headers, and ours."""
         self.response.headers.update(self.backend.headers)
         self.response.headers.update(
-            {
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                **request_id_header(self.request),
-            }
+            {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
-        await self.response.prepare(self.request)
+        await start_stream(self.request, self.response)
 
     async def write(self, data: bytes) -> None:
         async with self._lock:  # keepalive comments never cut into an event
