@@ -6,6 +6,7 @@
     │   └── UpstreamKeyMissing         401 ... / upstream_api_key_missing
     ├── ModelNotFound                  404 invalid_request_error / model_not_found
     ├── NotFound                       404 invalid_request_error / not_found
+    ├── UnsupportedMediaType           415 invalid_request_error / unsupported_media_type
     └── UpstreamError                  status of the upstream (or 502/504)
         ├── UpstreamUnreachable        502 upstream_error / upstream_unreachable
         └── UpstreamTimeout            504 upstream_error / upstream_timeout
@@ -81,6 +82,12 @@ class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class UpstreamError(GatewayError):

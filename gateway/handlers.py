@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway import loop_handler, stream
 from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, Handler, start_stream
-from gateway.errors import GatewayError, InvalidRequest, NotFound, error_body
+from gateway.errors import InvalidRequest, NotFound, UnsupportedMediaType, error_body
 from gateway.routing import Route
 from gateway.upstream import BodyFor, Reply, midstream_error
 
@@ -113,12 +113,9 @@ async def other_endpoint(request: web.Request) -> web.StreamResponse:
     """Any other OpenAI POST endpoint whose JSON body names a configured model."""
     tail = request.match_info["tail"]
     if request.content_type.startswith("multipart/"):
-        raise GatewayError(
+        raise UnsupportedMediaType(
             f"POST /v1/{tail}: the gateway proxies JSON requests that name a model; "
-            f"uploads ({request.content_type}: files, audio) are not supported.",
-            status=415,
-            type="invalid_request_error",
-            code="unsupported_media_type",
+            f"uploads ({request.content_type}: files, audio) are not supported."
         )
     raw, body = await read_json(request)
     route = resolve(request, body)

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from gateway.config import ToolsetConfig
+from gateway.config import BasicAuth, ToolsetConfig
 from gateway.openapi.ir import Body, Param, Tool
 
 log = logging.getLogger("gateway.toolexec")
@@ -78,7 +78,7 @@ class ToolExecutor:
             return ToolResult(f"Error: {e}")
         self.executed += 1
         toolset = self.toolsets[tool.toolset]
-        result = await self._send(tool, request)
+        result = await self._send(toolset, request)
         result.content = scrub_secrets(result.content, toolset)
         log.info(
             "tool call request_id=%s function=%s method=%s url=%s status=%s ms=%.1f bytes=%d",
@@ -92,8 +92,8 @@ class ToolExecutor:
         )
         return result
 
-    async def _send(self, tool: Tool, request: Request) -> ToolResult:
-        timeout = self.toolsets[tool.toolset].timeout
+    async def _send(self, toolset: ToolsetConfig, request: Request) -> ToolResult:
+        timeout = toolset.timeout
         try:
             return await self._follow(request, aiohttp.ClientTimeout(total=timeout))
         except asyncio.TimeoutError:
@@ -144,8 +144,7 @@ def scrub_secrets(text: str, toolset: ToolsetConfig) -> str:
     if auth.type == "bearer":
         secrets = [auth.token.get_secret_value()]
     elif auth.type == "basic":
-        raw = f"{auth.username}:{auth.password.get_secret_value()}".encode()
-        secrets = [base64.b64encode(raw).decode(), auth.password.get_secret_value()]
+        secrets = [_basic_token(auth), auth.password.get_secret_value()]
     else:
         secrets = [auth.value.get_secret_value()]
     for secret in secrets:
@@ -239,6 +238,11 @@ def build_request(tool: Tool, args: dict[str, Any], toolset: ToolsetConfig) -> R
     return Request(op.method, url, headers, body, log_url)
 
 
+def _basic_token(auth: BasicAuth) -> str:
+    raw = f"{auth.username}:{auth.password.get_secret_value()}".encode()
+    return base64.b64encode(raw).decode()
+
+
 def _apply_auth(
     toolset: ToolsetConfig,
     headers: dict[str, str],
@@ -251,8 +255,7 @@ def _apply_auth(
     if auth.type == "bearer":
         headers["Authorization"] = f"Bearer {auth.token.get_secret_value()}"
     elif auth.type == "basic":
-        raw = f"{auth.username}:{auth.password.get_secret_value()}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        headers["Authorization"] = "Basic " + _basic_token(auth)
     elif auth.type == "header":
         headers[auth.name] = auth.value.get_secret_value()
     elif auth.type == "cookie":
