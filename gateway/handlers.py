@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +17,10 @@ import orjson
 from aiohttp import web
 
 from gateway import loop_handler, stream
-from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, Handler, start_stream
+from gateway.edge import REQUEST_ID, SNAPSHOT, Handler, start_stream
 from gateway.errors import InvalidRequest, NotFound, UnsupportedMediaType, error_body
 from gateway.routing import Route
+from gateway.state import UPSTREAM
 from gateway.upstream import BodyFor, Reply, midstream_error
 
 log = logging.getLogger("gateway.handlers")
@@ -34,7 +34,6 @@ def add_routes(app: web.Application, edge: Callable[[Handler], Handler]) -> None
     app.router.add_post("/v1/chat/completions", edge(chat_completions))
     app.router.add_post("/v1/{tail:.+}", edge(other_endpoint))
     app.router.add_route("*", "/{path:.*}", edge(no_route))  # last: only what nothing else took
-    app.on_startup.append(_cache_models)
 
 
 async def no_route(request: web.Request) -> web.StreamResponse:
@@ -62,33 +61,21 @@ async def no_route(request: web.Request) -> web.StreamResponse:
 
 # --- models ------------------------------------------------------------------------------
 
-MODELS_BODY = web.AppKey("models_body", bytes)
-MODEL_CARDS = web.AppKey("model_cards", dict)
-
-
-async def _cache_models(app: web.Application) -> None:
-    created = int(time.time())
-    cards = {
-        m.id: {"id": m.id, "object": "model", "created": created, "owned_by": "gateway"}
-        for m in app[CONFIG].models
-    }
-    app[MODEL_CARDS] = {k: orjson.dumps(v) for k, v in cards.items()}
-    app[MODELS_BODY] = orjson.dumps({"object": "list", "data": list(cards.values())})
-
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[MODELS_BODY], content_type="application/json")
+    return web.Response(body=request[SNAPSHOT].models_body, content_type="application/json")
 
 
 async def get_model(request: web.Request) -> web.Response:
     model_id = request.match_info["model_id"]
-    card = request.app[MODEL_CARDS].get(model_id)
+    snapshot = request[SNAPSHOT]
+    card = snapshot.model_cards.get(model_id)
     if card is None:
-        request.app[ROUTER].resolve(model_id)  # raises the usual model_not_found error
+        snapshot.router.resolve(model_id)  # raises the usual model_not_found error
     return web.Response(body=card, content_type="application/json")
 
 
@@ -104,7 +91,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             param="messages",
         )
     route = resolve(request, body)
-    if route.toolsets and request.app[TOOLS].for_model(route.id):
+    if route.toolsets and request[SNAPSHOT].tools.for_model(route.id):
         return await loop_handler.handle(request, route, body)
     return await proxy(request, route, "/chat/completions", raw, body)
 
@@ -149,7 +136,7 @@ def resolve(request: web.Request, body: dict[str, Any]) -> Route:
             f"got {type(model).__name__}.",
             param="model",
         )
-    return request.app[ROUTER].resolve(model)
+    return request[SNAPSHOT].router.resolve(model)
 
 
 def body_for(raw: bytes, body: dict[str, Any]) -> BodyFor:
@@ -173,7 +160,7 @@ def dumps(obj: Any) -> bytes:
 async def proxy(
     request: web.Request, route: Route, path: str, raw: bytes, body: dict[str, Any]
 ) -> web.StreamResponse:
-    router = request.app[ROUTER]
+    router = request[SNAPSHOT].router
     wants_stream = body.get("stream") is True
     reply = await request.app[UPSTREAM].call(
         router.chain(route),

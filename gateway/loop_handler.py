@@ -12,11 +12,12 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway.app import CONFIG, REQUEST_ID, ROUTER, TOOLS, UPSTREAM, start_stream
+from gateway.edge import REQUEST_ID, SNAPSHOT, start_stream
 from gateway.errors import GatewayError
 from gateway.loop import LoopSettings, ToolLoop
 from gateway.openapi.ir import Tool
 from gateway.routing import Route
+from gateway.state import UPSTREAM
 from gateway.stream import SSEParser
 from gateway.toolexec import ToolExecutor
 from gateway.upstream import Upstream, midstream_error
@@ -27,13 +28,14 @@ TOOL_CALLS_HEADER = "x-gateway-tool-calls"
 
 async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> web.StreamResponse:
     app = request.app
-    config = app[CONFIG]
-    toolset = app[TOOLS]
+    snapshot = request[SNAPSHOT]
+    config = snapshot.config
+    toolset = snapshot.tools
     offered = {t.name: t for t in toolset.for_model(route.id)}
     request_id = request[REQUEST_ID]
     executor = ToolExecutor(
         app[UPSTREAM].session,
-        {t.name: t for t in config.tools},
+        snapshot.toolsets,
         config.limits.max_tool_response_bytes,
         request_id,
     )
@@ -45,7 +47,7 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
             return f"Error: there is no function named {name!r}. Available functions: {known}."
         return (await executor.run(tool, arguments)).content
 
-    backend = UpstreamBackend(app[UPSTREAM], app[ROUTER].chain(route), request_id)
+    backend = UpstreamBackend(app[UPSTREAM], snapshot.router.chain(route), request_id)
     settings = LoopSettings(config.limits.max_tool_rounds, config.limits.keepalive_interval)
     loop = ToolLoop(
         body, toolset.openai_tools(route.id), backend, run_call, settings, request_id, route.id

@@ -1,0 +1,136 @@
+"""The edge, wrapped around every handler: request id, snapshot, client key, errors.
+
+A request takes the app's current config snapshot here, once (``SNAPSHOT``), and keeps it to
+its end. Handlers raise; the edge turns every failure into an OpenAI error body. Handlers
+that stream start their response with ``start_stream``, so that it carries ``x-request-id``
+and so that a failure after its headers went out ends the stream with an error event
+instead of a second response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hmac
+import itertools
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import ClientConnectionResetError, web
+
+from gateway import stream
+from gateway.errors import AuthenticationFailed, GatewayError, error_body
+from gateway.state import STATE, Snapshot
+
+log = logging.getLogger("gateway")
+
+REQUEST_ID: Any = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"
+SNAPSHOT: Any = web.RequestKey("snapshot", Snapshot) if hasattr(web, "RequestKey") else "snapshot"
+STREAM: Any = (
+    web.RequestKey("stream", web.StreamResponse) if hasattr(web, "RequestKey") else "stream"
+)
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_PUBLIC_PATHS = frozenset({"/healthz"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def edge() -> Callable[[Handler], Handler]:
+    """The edge, wrapped around every handler: request id, client key, failures as errors.
+
+    A wrapper applied when routes are added rather than an aiohttp middleware: an app with
+    no middlewares skips aiohttp's middleware chain (two more coroutines a request).
+    Request ids are a per-process random prefix and a counter: unique, and no syscall.
+    """
+    prefix = os.urandom(8).hex()
+    counter = itertools.count(1)
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def at_the_edge(request: web.Request) -> web.StreamResponse:
+            incoming = request.headers.get("X-Request-Id")
+            if incoming and _SAFE_ID.match(incoming):
+                rid = incoming
+            else:
+                rid = f"{prefix}{next(counter):016x}"
+            request[REQUEST_ID] = rid
+            snapshot = request[SNAPSHOT] = request.app[STATE].current
+            try:
+                keys = snapshot.client_keys
+                if keys and request.path not in _PUBLIC_PATHS:
+                    check_client_key(request, keys)
+                response = await handler(request)
+            except GatewayError as e:
+                if (started := _started_stream(request)) is not None:
+                    return await _end_stream(started, e)
+                response = json_error(e.status, e.body_bytes())
+            except web.HTTPException as e:
+                if e.status < 400:
+                    raise
+                response = http_error(request, e.status, e.reason)
+            except Exception:
+                log.exception(
+                    "unhandled error in %s %s (request %s)", request.method, request.path, rid
+                )
+                if (started := _started_stream(request)) is not None:
+                    failed = GatewayError("The gateway failed while handling this stream.")
+                    return await _end_stream(started, failed)
+                body = error_body("The gateway failed while handling this request.", "server_error")
+                response = json_error(500, orjson.dumps(body))
+            if not response.prepared:  # streaming handlers set it before they prepare
+                response.headers["x-request-id"] = rid
+            return response
+
+        return at_the_edge
+
+    return wrap
+
+
+def http_error(request: web.Request, status: int, reason: str) -> web.Response:
+    code = "not_found" if status == 404 else None
+    body = error_body(
+        f"{request.method} {request.path}: {reason}", "invalid_request_error", None, code
+    )
+    return json_error(status, orjson.dumps(body))
+
+
+def json_error(status: int, body: bytes) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+def check_client_key(request: web.Request, keys: tuple[bytes, ...]) -> None:
+    given = request.headers.get("Authorization", "")
+    token = given[7:].strip().encode() if given[:7].lower() == "bearer " else b""
+    ok = False
+    for key in keys:  # compare with every key, always: timing says nothing about which
+        ok |= hmac.compare_digest(token, key)
+    if not ok:
+        what = "is missing" if not token else "is not valid for this gateway"
+        raise AuthenticationFailed(
+            f"The API key {what}. Send one of the keys in server.api_keys as "
+            "'Authorization: Bearer <key>'."
+        )
+
+
+async def start_stream(request: web.Request, response: web.StreamResponse) -> None:
+    """Send a streaming response's headers (with ``x-request-id``); the edge now knows it."""
+    response.headers["x-request-id"] = request[REQUEST_ID]
+    request[STREAM] = response
+    await response.prepare(request)
+
+
+def _started_stream(request: web.Request) -> web.StreamResponse | None:
+    response = request.get(STREAM)
+    return response if response is not None and response.prepared else None
+
+
+async def _end_stream(response: web.StreamResponse, error: GatewayError) -> web.StreamResponse:
+    """After the headers, an error can only be an SSE event: never a second status line."""
+    with contextlib.suppress(ConnectionResetError, ClientConnectionResetError):
+        await response.write(stream.error_event(error))
+        await response.write_eof()
+    return response

@@ -1,0 +1,93 @@
+"""Everything derived from the config, as one immutable ``Snapshot``, and the app's state.
+
+A request takes ``State.current`` once, at its start (the edge puts it on the request as
+``SNAPSHOT``), and uses only that snapshot to its end. A reload builds a whole new snapshot
+(config checked, specs fetched and converted) and ``State.swap`` replaces the old one in one
+assignment: requests in flight finish on the config they started with.
+
+Whatever is derived from the config and lives as long as it (routes, tool sets, selection
+indexes, credential caches, per-toolset limits) belongs in the snapshot, never in a module
+global or a separate app key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import SecretStr
+
+from gateway.config import GatewayConfig, ToolsetConfig
+from gateway.routing import Router
+from gateway.tools import EMPTY, ToolSet
+from gateway.upstream import Upstream
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One loaded config and all that is derived from it; never changed once built."""
+
+    config: GatewayConfig
+    router: Router
+    tools: ToolSet
+    #: client keys (``server.api_keys``) as bytes, ready for the constant-time compare
+    client_keys: tuple[bytes, ...]
+    #: toolset configs by name
+    toolsets: dict[str, ToolsetConfig]
+    #: ``GET /v1/models`` and ``GET /v1/models/{id}`` bodies, serialised once
+    models_body: bytes
+    model_cards: dict[str, bytes]
+    #: a short hash of the config, to tell loaded configs apart (logs, metrics)
+    digest: str
+    loaded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def build(cls, config: GatewayConfig, tools: ToolSet | None = None) -> Snapshot:
+        created = int(time.time())
+        cards = {
+            m.id: {"id": m.id, "object": "model", "created": created, "owned_by": "gateway"}
+            for m in config.models
+        }
+        return cls(
+            config=config,
+            router=Router(config),
+            tools=tools if tools is not None else EMPTY,
+            client_keys=tuple(k.get_secret_value().encode() for k in config.server.api_keys),
+            toolsets={t.name: t for t in config.tools},
+            models_body=orjson.dumps({"object": "list", "data": list(cards.values())}),
+            model_cards={k: orjson.dumps(v) for k, v in cards.items()},
+            digest=config_digest(config),
+        )
+
+
+def config_digest(config: GatewayConfig) -> str:
+    """12 hex digits over the whole config (secrets included, so a key change shows)."""
+    data = config.model_dump(exclude={"base_dir", "key_hints"})
+    raw = orjson.dumps(data, option=orjson.OPT_SORT_KEYS, default=_plain)
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)
+
+
+class State:
+    """The app's current snapshot; ``swap`` is the only way it changes."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.current = snapshot
+
+    def swap(self, snapshot: Snapshot) -> Snapshot:
+        """Serve ``snapshot`` from now on; return the one it replaces."""
+        old, self.current = self.current, snapshot
+        return old
+
+
+STATE = web.AppKey("state", State)
+UPSTREAM = web.AppKey("upstream", Upstream)
