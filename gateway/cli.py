@@ -191,6 +191,8 @@ def _check_tools(config: GatewayConfig) -> int:
         )
     for model_id, offered in tools.by_model.items():
         print(f"model {model_id} is offered {len(offered)} function(s)")
+    for rename in tools.renames:
+        print(f"renamed: {rename}")
     for warning in tools.warnings():
         print(f"WARNING: {warning}")
     return 0

@@ -8,6 +8,7 @@ file, e.g. ``GATEWAY_SERVER__PORT=9000``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -47,6 +48,15 @@ class ServerConfig(_Model):
         return [k for k in keys if k.get_secret_value()]
 
 
+class ToolSelectionConfig(_Model):
+    """Offer a model only the functions that fit the conversation (README: Tool selection)."""
+
+    max_functions: int = Field(24, ge=1, le=128)
+    search: bool = False
+    method: Literal["bm25", "embeddings", "hybrid"] = "bm25"
+    embedding_model: str | None = None
+
+
 class ModelConfig(_Model):
     id: str = Field(min_length=1)
     base_url: str
@@ -59,6 +69,7 @@ class ModelConfig(_Model):
     backoff: float = Field(0.5, ge=0, description="first retry delay in seconds, doubled each time")
     fallbacks: list[str] = []
     tools: list[str] = []
+    tool_selection: ToolSelectionConfig | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -111,6 +122,8 @@ class ToolsetConfig(_Model):
     allow_remote_refs: bool = False
     timeout: float = Field(30.0, gt=0)
     headers: dict[str, str] = {}
+    #: ``compact`` leaves out what a model does not need (examples, x- extensions, ...)
+    schema_detail: Literal["compact", "full"] = "compact"
 
     @field_validator("base_url")
     @classmethod
@@ -308,7 +321,7 @@ def build_config(raw: Any, source: str, base_dir: Path) -> GatewayConfig:
         problems = [_format_error(err) for err in e.errors()]
         problems += [p for p in _raw_cross_check(data) if p not in problems]
         raise ConfigError(source, problems) from None
-    problems = cross_check(config)
+    problems = cross_check(config) + _selection_problems(config)
     if problems:
         raise ConfigError(source, problems)
     return config
@@ -342,6 +355,30 @@ def cross_check(config: GatewayConfig) -> list[str]:
         [t.name for t in config.tools],
         [(m.fallbacks, m.tools) for m in config.models],
     )
+
+
+def _selection_problems(config: GatewayConfig) -> list[str]:
+    """``tool_selection``: a known embedding model where one is needed, bm25s installed."""
+    problems = []
+    ids = [m.id for m in config.models]
+    for i, m in enumerate(config.models):
+        sel = m.tool_selection
+        if sel is None:
+            continue
+        key = f"models[{i}].tool_selection"
+        if sel.method != "bm25" and sel.embedding_model is None:
+            problems.append(f"{key}.embedding_model: required for method {sel.method!r}")
+        elif sel.embedding_model is not None and sel.embedding_model not in ids:
+            problems.append(
+                f"{key}.embedding_model: unknown model id {sel.embedding_model!r} "
+                f"(configured: {', '.join(ids)})"
+            )
+        if importlib.util.find_spec("bm25s") is None:
+            problems.append(
+                f"{key}: needs the selection extra, which is not installed: "
+                "pip install 'gateway[selection]'"
+            )
+    return problems
 
 
 def _raw_cross_check(data: dict[str, Any]) -> list[str]:

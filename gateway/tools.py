@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gateway.config import GatewayConfig, ToolsetConfig
-from gateway.openapi.convert import Converter, build_tools
+from gateway.config import GatewayConfig, ModelConfig, ToolsetConfig
+from gateway.openapi.convert import Converter, Rename, build_tools, fresh_name
 from gateway.openapi.ir import Operation, Skipped, Tool
 from gateway.openapi.load import Fetch, Spec, load_spec
 
 log = logging.getLogger("gateway.tools")
 OPENAI_MAX_TOOLS = 128
+FIND_TOOLS = "find_tools"  # the gateway's own search function (tool_selection.search)
 
 
 @dataclass
@@ -30,16 +31,30 @@ class ToolsetReport:
 
 @dataclass
 class ToolSet:
-    """All tools by name, and per model the list offered (ready to send)."""
+    """Every toolset's functions, and per model the list offered (ready to send).
 
-    tools: dict[str, Tool]
+    Names are unique within what one model is offered: a toolset's functions keep their
+    names unless two toolsets of the same model clash, and every rename is in ``renames``.
+    """
+
+    by_toolset: dict[str, list[Tool]]
     by_model: dict[str, list[Tool]]
     reports: list[ToolsetReport]
     specs: dict[str, Spec]
+    renames: list[Rename] = field(default_factory=list)
     _openai: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._openai = {m: [t.openai() for t in ts] for m, ts in self.by_model.items()}
+
+    @property
+    def tools(self) -> dict[str, Tool]:
+        """Every function by its toolset's name for it (an earlier toolset wins a clash)."""
+        out: dict[str, Tool] = {}
+        for tools in self.by_toolset.values():
+            for t in tools:
+                out.setdefault(t.name, t)
+        return out
 
     def for_model(self, model_id: str) -> list[Tool]:
         return self.by_model.get(model_id, [])
@@ -83,7 +98,8 @@ async def load_tools(config: GatewayConfig, fetch: Fetch | None = None) -> ToolS
 
 
 def convert_all(config: GatewayConfig, specs: dict[str, Spec]) -> ToolSet:
-    converted: list[tuple[Operation, dict[str, Any], str]] = []
+    by_toolset: dict[str, list[Tool]] = {}
+    renames: list[Rename] = []
     reports = []
     limit = config.limits.max_description_length
     for ts in config.tools:
@@ -101,20 +117,45 @@ def convert_all(config: GatewayConfig, specs: dict[str, Spec]) -> ToolSet:
             [] if ts.base_url else [op.label for op, _ in done if not _absolute(op.server)],
         )
         reports.append(report)
-        converted += [(op, params, ts.prefix) for op, params in done]
-    tools = build_tools(converted, limit)
-    by_toolset: dict[str, list[Tool]] = {}
-    for tool in tools:
-        by_toolset.setdefault(tool.toolset, []).append(tool)
-    by_model = {
-        m.id: [t for name in m.tools for t in by_toolset.get(name, [])]
-        for m in config.models
-        if m.tools
-    }
-    result = ToolSet({t.name: t for t in tools}, by_model, reports, specs)
+        by_toolset[ts.name], renamed = build_tools(done, ts.prefix, limit)
+        renames += renamed
+    by_model = {}
+    for m in config.models:
+        if m.tools:
+            by_model[m.id], renamed = model_tools(m, by_toolset)
+            renames += renamed
+    result = ToolSet(by_toolset, by_model, reports, specs, renames)
     for warning in result.warnings():
         log.warning("%s", warning)
     return result
+
+
+def model_tools(
+    model: ModelConfig, by_toolset: dict[str, list[Tool]]
+) -> tuple[list[Tool], list[Rename]]:
+    """The functions one model is offered, named uniquely among themselves.
+
+    The first of its toolsets (in the model's ``tools`` order) keeps a name; a later one
+    gets a stable digest suffix. ``find_tools`` is the gateway's own when the model can
+    search, so a function of that name is renamed too.
+    """
+    sel = model.tool_selection
+    taken = {FIND_TOOLS} if sel is not None and sel.search else set()
+    owner = dict.fromkeys(taken, "the gateway")
+    out, renames = [], []
+    for toolset in model.tools:
+        for tool in by_toolset.get(toolset, []):
+            name = fresh_name(tool.operation, tool.name, taken)
+            if name != tool.name:
+                why = f"{owner[tool.name]} has that name"
+                renames.append(
+                    Rename(toolset, tool.operation.label, tool.name, name, why, model.id)
+                )
+                tool = replace(tool, name=name)
+            taken.add(name)
+            owner[name] = f"toolset {toolset}"
+            out.append(tool)
+    return out, renames
 
 
 def _absolute(url: str | None) -> bool:
@@ -139,7 +180,7 @@ def listing(
     if model is not None:
         tools = toolset.for_model(model)
     else:
-        tools = [t for t in toolset.tools.values() if name is None or t.toolset == name]
+        tools = [t for ts, tools in toolset.by_toolset.items() if name in (None, ts) for t in tools]
     return [
         {
             "toolset": t.toolset,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
@@ -399,12 +399,17 @@ def _v2_server(doc: dict[str, Any], spec_uri: str) -> str | None:
 
 def function_name(op: Operation, prefix: str) -> str:
     """The name before de-duplication: operationId or method+path, sanitised, prefixed."""
-    base = op.operation_id or f"{op.method.lower()}_{op.path}"
-    clean = _UNDERSCORES.sub("_", _NAME_BAD.sub("_", base)).strip("_") or "operation"
-    name = f"{prefix}{clean}"
+    name = wanted_name(op, prefix)
     if len(name) > MAX_NAME:
         name = f"{name[: MAX_NAME - 9]}_{_digest(op)}"
     return name
+
+
+def wanted_name(op: Operation, prefix: str) -> str:
+    """operationId or method+path, sanitised and prefixed, however long."""
+    base = op.operation_id or f"{op.method.lower()}_{op.path}"
+    clean = _UNDERSCORES.sub("_", _NAME_BAD.sub("_", base)).strip("_") or "operation"
+    return f"{prefix}{clean}"
 
 
 def _digest(op: Operation, extra: str = "") -> str:
@@ -412,20 +417,33 @@ def _digest(op: Operation, extra: str = "") -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
-def unique_names(ops: list[tuple[Operation, str]]) -> list[str]:
-    """Names unique across all toolsets: the first keeps its name, later ones get a suffix."""
-    taken: set[str] = set()
-    names = []
-    for op, name in ops:
-        attempt = 0
-        candidate = name
-        while candidate in taken:
-            suffix = _digest(op, str(attempt))
-            candidate = f"{name[: MAX_NAME - 9]}_{suffix}"
-            attempt += 1
-        taken.add(candidate)
-        names.append(candidate)
-    return names
+@dataclass(frozen=True)
+class Rename:
+    """A function that could not have the name its operation asks for, and why."""
+
+    toolset: str
+    label: str  # "GET /path"
+    wanted: str
+    given: str
+    why: str
+    model: str | None = None  # set for a clash between the toolsets offered to one model
+
+    def __str__(self) -> str:
+        where = f"model {self.model}: " if self.model else ""
+        return (
+            f"{where}toolset {self.toolset}: {self.label} is named {self.given} "
+            f"instead of {self.wanted} ({self.why})"
+        )
+
+
+def fresh_name(op: Operation, name: str, taken: set[str]) -> str:
+    """``name``, or if taken a stable variant of it (a digest of the operation)."""
+    attempt = 0
+    candidate = name
+    while candidate in taken:
+        candidate = f"{name[: MAX_NAME - 9]}_{_digest(op, str(attempt))}"
+        attempt += 1
+    return candidate
 
 
 def description(op: Operation, limit: int) -> str:
@@ -441,10 +459,26 @@ def description(op: Operation, limit: int) -> str:
     return text
 
 
-def build_tools(converted: list[tuple[Operation, dict[str, Any], str]], limit: int) -> list[Tool]:
-    """(operation, parameters, prefix) in config order -> tools with unique names."""
-    names = unique_names([(op, function_name(op, prefix)) for op, _, prefix in converted])
-    return [
-        Tool(name, description(op, limit), params, op)
-        for name, (op, params, _) in zip(names, converted, strict=True)
-    ]
+def build_tools(
+    converted: list[tuple[Operation, dict[str, Any]]], prefix: str, limit: int
+) -> tuple[list[Tool], list[Rename]]:
+    """One toolset's operations -> tools with names unique within the toolset.
+
+    The first operation (in spec order) keeps a name; a later one with the same name, or
+    a name past 64 characters, gets a stable digest suffix, reported as a ``Rename``.
+    """
+    taken: set[str] = set()
+    tools, renames = [], []
+    for op, params in converted:
+        wanted = wanted_name(op, prefix)
+        name = fresh_name(op, function_name(op, prefix), taken)
+        if name != wanted:
+            why = (
+                "another operation of the toolset has that name"
+                if len(wanted) <= MAX_NAME
+                else "too long"
+            )
+            renames.append(Rename(op.toolset, op.label, wanted, name, why))
+        taken.add(name)
+        tools.append(Tool(name, description(op, limit), params, op))
+    return tools, renames

@@ -643,9 +643,10 @@ async def test_refs_between_toolsets_are_never_mixed(tmp_path):
         )
 
     tools = await convert(tmp_path, doc("cat"), doc("dog"))
-    names = sorted(tools.tools)
+    offered = tools.for_model("m")
+    names = [t.name for t in offered]
     assert names[0] == "add" and names[1].startswith("add_")
-    bodies = [t.parameters["properties"]["requestBody"]["properties"] for t in tools.tools.values()]
+    bodies = [t.parameters["properties"]["requestBody"]["properties"] for t in offered]
     assert bodies == [{"cat": {"type": "string"}}, {"dog": {"type": "string"}}]
 
 
