@@ -22,6 +22,13 @@ log = logging.getLogger("gateway.loop")
 
 RunCall = Callable[[str, str], Awaitable[str]]
 
+#: appended to the last round's messages (that round only): the tools are gone, answer now
+LIMIT_NOTE = (
+    "[gateway] The tool-call limit for this request has been reached: no more tools can be "
+    "called. Answer the last request now with the information you already have, and say "
+    "briefly what you could not find out."
+)
+
 
 class Backend(Protocol):
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]: ...
@@ -80,7 +87,7 @@ class ToolLoop:
 
     def request(self) -> dict[str, Any]:
         body = dict(self.body)
-        body["messages"] = self.messages
+        body["messages"] = self.messages + [_LIMIT_MESSAGE] if self.final else self.messages
         tools = self.client_tools + ([] if self.final else self.gateway_tools)
         if tools:
             body["tools"] = tools
@@ -134,6 +141,20 @@ class ToolLoop:
                 self.settings.max_rounds,
             )
 
+    def limit_reached(self) -> str:
+        """The client's answer when the model still wrote nothing after the last round."""
+        log.warning(
+            "request %s: the model gave no answer after the tool round limit (%d); "
+            "answering finish_reason=length",
+            self.request_id,
+            self.settings.max_rounds,
+        )
+        return (
+            f"The gateway's tool-round limit ({self.settings.max_rounds} rounds, "
+            "limits.max_tool_rounds) was reached before the model gave an answer. Ask a "
+            "narrower question, or raise limits.max_tool_rounds in the gateway config."
+        )
+
     # --- non-stream ----------------------------------------------------------------------
 
     async def complete(self) -> dict[str, Any]:
@@ -154,6 +175,9 @@ class ToolLoop:
             if ours:  # mixed: run ours first, hand the client its own calls
                 await self.run_calls(ours)
             _show_only(choice, message, client)
+            if self.final and not client and not _has_text(message.get("content")):
+                message["content"] = self.limit_reached()
+                choice["finish_reason"] = "length"
             break
         if usage is not None:
             response["usage"] = usage
@@ -196,15 +220,20 @@ class ToolLoop:
                 continue
             if ours:
                 await self.keepalive(self.run_calls(ours), out)
-            await self._finish(out, merger, client)
+            await self._finish(out, merger, client, answered=_has_text("".join(content)))
             return
 
-    async def _finish(self, out: Output, merger: StreamMerger, client: list[dict]) -> None:
+    async def _finish(
+        self, out: Output, merger: StreamMerger, client: list[dict], answered: bool
+    ) -> None:
         if client:
             await out.write(stream.event(merger.client_calls_chunk(client)))
         reason = "tool_calls" if client else merger.finish_reason
         if reason in (None, "tool_calls") and not client:
             reason = "stop"
+        if self.final and not client and not answered:
+            await out.write(stream.event(merger.chunk({"content": self.limit_reached()})))
+            reason = "length"
         await out.write(stream.event(merger.chunk({}, reason)))
         if merger.include_usage and merger.usage is not None:
             await out.write(stream.event(merger.usage_chunk()))
@@ -224,6 +253,16 @@ class ToolLoop:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+_LIMIT_MESSAGE = {"role": "user", "content": LIMIT_NOTE}
+
+
+def _has_text(content: Any) -> bool:
+    """A message content with something in it (a string, or a list of content parts)."""
+    if isinstance(content, str):
+        return bool(content.strip())
+    return bool(content)
 
 
 def _tool_name(tool: Any) -> str | None:

@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway.edge import REQUEST_ID, SNAPSHOT, start_stream
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.loop import LoopSettings, ToolLoop
 from gateway.openapi.ir import Tool
 from gateway.routing import Route
@@ -27,6 +27,7 @@ TOOL_CALLS_HEADER = "x-gateway-tool-calls"
 
 
 async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> web.StreamResponse:
+    refuse_several_choices(body, route)
     app = request.app
     snapshot = request[SNAPSHOT]
     config = snapshot.config
@@ -61,6 +62,18 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
     headers = {**backend.headers, TOOL_CALLS_HEADER: str(loop.calls_executed)}
     headers["Content-Type"] = "application/json"
     return web.Response(body=orjson.dumps(response), headers=headers)
+
+
+def refuse_several_choices(body: dict[str, Any], route: Route) -> None:
+    """``n > 1`` with gateway tools: each choice would need its own loop; say so, never drop."""
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+        raise InvalidRequest(
+            f"'n' is {n}, but model {route.id!r} has gateway tools, and the gateway runs its "
+            "tool loop for one choice only. Send n=1 (or leave 'n' out) and make several "
+            "requests for several answers.",
+            param="n",
+        )
 
 
 class SSEOutput:

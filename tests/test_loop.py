@@ -103,3 +103,23 @@ async def test_a_forced_tool_choice_is_relaxed_after_the_first_round():
     script = Script(reply(None, "ours"), reply("answer"))
     await run(script, {"tool_choice": "none"})  # anything else is the client's, every round
     assert [r["tool_choice"] for r in script.requests] == ["none", "none"]
+
+
+async def test_round_limit_with_no_text_answers_length_with_a_message_not_null():
+    script = Script(reply(None, "ours"), reply(None, "ours"))
+    result, ran, loop = await run(script, {}, max_rounds=1)
+    assert ran == ["ours"]
+    choice = result["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert "limits.max_tool_rounds" in choice["message"]["content"]
+    last = script.requests[1]["messages"]
+    assert [m["role"] for m in last] == ["user", "assistant", "tool", "user"]
+    assert "tool-call limit" in last[-1]["content"]
+    assert loop.messages[-1]["role"] == "tool"  # the note was for that round only
+
+
+async def test_round_limit_with_an_answer_keeps_the_answer():
+    script = Script(reply(None, "ours"), reply("what I have", "ours"))
+    result, _, _ = await run(script, {}, max_rounds=1)
+    choice = result["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["message"]["content"] == "what I have"

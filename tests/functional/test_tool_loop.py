@@ -357,10 +357,55 @@ async def test_round_limit_ends_with_a_round_without_gateway_tools(setup, caplog
             .choices[0]
             .message.content
         )
-    assert text == "forced answer"
+    assert text == "forced answer"  # an answer after the limit is the answer, as it is
     assert len(up.received) == 3
     assert [t["function"]["name"] for t in up.received[2].body["tools"]] == ["client_lookup"]
     assert "round limit (2) reached" in caplog.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_round_limit_is_never_a_silent_empty_answer(setup, caplog, stream):
+    """A model still calling tools after the limit: finish_reason length and a message saying so."""
+    up, gw, client = await setup(limits={"max_tool_rounds": 1})
+    looping = calls(("getWeather", {"location": "X"}))
+    up.push(looping, looping)  # the last round calls again instead of answering
+    caplog.set_level(logging.WARNING, "gateway.loop")
+    if stream:
+        raw, _ = await raw_stream(gw, {"model": "m", "messages": USER})
+        chunks = events(raw)
+        for c in chunks:
+            assert_valid("CreateChatCompletionStreamResponse", c)
+        deltas = [ch["delta"] for c in chunks for ch in c["choices"]]
+        text = "".join(d.get("content") or "" for d in deltas)
+        finishes = [ch["finish_reason"] for c in chunks for ch in c["choices"]]
+        assert [f for f in finishes if f] == ["length"]
+        assert sum("role" in d for d in deltas) == 1 and raw.endswith(b"data: [DONE]\n\n")
+    else:
+        done = await client.chat.completions.create(model="m", messages=USER)
+        assert done.choices[0].finish_reason == "length"
+        assert done.choices[0].message.tool_calls is None
+        text = done.choices[0].message.content
+    assert "tool-round limit (1 rounds, limits.max_tool_rounds) was reached" in text
+    assert "no answer after the tool round limit (1)" in caplog.text
+    # the last round told the model the tools are exhausted, that round only
+    last = up.received[1].body["messages"]
+    assert last[-1]["role"] == "user" and "tool-call limit" in last[-1]["content"]
+    first = up.received[0].body["messages"]
+    assert not any("tool-call limit" in str(m.get("content")) for m in first)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_n_above_one_with_gateway_tools_is_a_400_not_one_silent_choice(setup, stream):
+    up, gw, client = await setup()
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.chat.completions.create(model="m", messages=USER, n=3, stream=stream)
+    err = e.value.body
+    assert err["param"] == "n" and "'n' is 3" in err["message"] and "n=1" in err["message"]
+    assert_valid("ErrorResponse", e.value.response.json())
+    assert up.received == []  # nothing was sent upstream
+    up.push(answer("one"))
+    done = await client.chat.completions.create(model="m", messages=USER, n=1)
+    assert done.choices[0].message.content == "one"
 
 
 async def test_round_limit_without_client_tools_drops_tool_keys(setup):
