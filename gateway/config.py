@@ -1,14 +1,16 @@
 """The YAML config file: pydantic models, ``${VAR}`` interpolation, LiteLLM's spelling.
 
 ``load_config(path)`` is the only entry point; every problem it finds is reported as a
-``ConfigError`` whose lines name the exact key path (``models[2].timeout: ...``).
-Environment variables prefixed ``GATEWAY_`` (nested keys joined by ``__``) override the
-file, e.g. ``GATEWAY_SERVER__PORT=9000``.
+``ConfigError`` whose lines name the exact key path (``models[2].timeout: ...``), all at
+once. Environment variables prefixed ``GATEWAY_`` (nested keys joined by ``__``) override
+the file, e.g. ``GATEWAY_SERVER__PORT=9000`` (``gateway.envconfig``); their errors name
+the variable.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -17,8 +19,8 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway import envconfig
 from gateway.errors import ConfigError
 
 ENV_PREFIX = "GATEWAY_"
@@ -29,11 +31,85 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MOCK_URL = "mock://"
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_URL_EXAMPLE = "e.g. http://127.0.0.1:8000/v1"
+
+
 def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    """An http(s) URL that the client can always use: checked here, never at request time."""
+    if value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} contains spaces or line breaks; remove them")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(
+            f"{value!r} is not a valid URL ({_url_reason(e)}); {_URL_EXAMPLE}"
+        ) from None
+    if "://" not in value:
+        raise ValueError(f"{value!r} has no scheme; write it as http://{value}")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"must be an http:// or https:// URL with a host, got {value!r}; {_URL_EXAMPLE}"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"{parts.scheme}://{parts.hostname}...: credentials in the URL are not supported; "
+            "put the key in api_key (models) or auth (tools)"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r} has a query or fragment; remove the part after ? or #")
+    if port == 0:
+        raise ValueError(f"{value!r}: port 0 cannot be connected to; use the server's port")
+    _check_host(value, parts.hostname or "")
     return value.rstrip("/")
+
+
+def _url_reason(e: ValueError) -> str:
+    text = str(e)
+    if "could not be cast" in text:
+        return "the port must be a number"
+    if "out of range" in text:
+        return "the port must be between 1 and 65535"
+    return text
+
+
+def _check_host(value: str, host: str) -> None:
+    if not host:
+        raise ValueError(f"{value!r} has no host; {_URL_EXAMPLE}")
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_host = ""
+    if not ascii_host or not all(_LABEL.match(label) for label in ascii_host.split(".")):
+        raise ValueError(f"{value!r}: {host!r} is not a valid host name; {_URL_EXAMPLE}")
+
+
+def _upstream_url(value: str) -> str:
+    """A model's base_url: http(s), or ``mock://`` for the built-in mock (``gateway.mock``)."""
+    if value.startswith("mock:"):
+        if value not in (MOCK_URL, "mock:"):
+            raise ValueError(f"the built-in mock is written {MOCK_URL!r}, got {value!r}")
+        return MOCK_URL
+    return _http_url(value)
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _headers(headers: dict[str, str]) -> dict[str, str]:
+    for name, value in headers.items():
+        if not _TOKEN.match(name):
+            raise ValueError(f"{name!r} is not a valid header name (letters, digits, '-')")
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise ValueError(f"the value of header {name!r} contains a line break; remove it")
+    return headers
 
 
 class ServerConfig(_Model):
@@ -74,7 +150,12 @@ class ModelConfig(_Model):
     @field_validator("base_url")
     @classmethod
     def _check_url(cls, v: str) -> str:
-        return _http_url(v)
+        return _upstream_url(v)
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        return _headers(v)
 
 
 class BearerAuth(_Model):
@@ -130,6 +211,16 @@ class ToolsetConfig(_Model):
     def _check_url(cls, v: str | None) -> str | None:
         return None if v is None else _http_url(v)
 
+    @field_validator("spec")
+    @classmethod
+    def _check_spec(cls, v: str) -> str:
+        return _http_url(v) if v.startswith(("http://", "https://")) else v
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        return _headers(v)
+
 
 class LimitsConfig(_Model):
     max_tool_rounds: int = Field(8, ge=1, le=100)
@@ -138,11 +229,7 @@ class LimitsConfig(_Model):
     keepalive_interval: float = Field(10.0, gt=0)
 
 
-class GatewayConfig(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
-    )
-
+class GatewayConfig(_Model):
     server: ServerConfig = ServerConfig()
     models: list[ModelConfig] = []
     tools: list[ToolsetConfig] = []
@@ -152,19 +239,21 @@ class GatewayConfig(BaseSettings):
     #: model id -> names of environment variables its api_key was meant to come from
     key_hints: dict[str, list[str]] = {}
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)  # the environment wins over the file
-
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)
+
+    def warnings(self) -> list[str]:
+        """What works but will fail at request time (``check`` prints, ``serve`` logs)."""
+        out = []
+        for m in self.models:
+            if m.api_key is not None and not m.api_key.get_secret_value():
+                hint = self.key_hints.get(m.id)
+                todo = f"set {' or '.join(hint)}" if hint else "set it in the config"
+                out.append(f"model {m.id}: api_key is empty ({todo}); it is not called without one")
+        return out
+
+
+_RESERVED = frozenset({"base_dir", "key_hints"})
 
 
 # --- interpolation -----------------------------------------------------------------------
@@ -172,16 +261,23 @@ class GatewayConfig(BaseSettings):
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(node: Any, path: str = "", unset: dict[str, list[str]] | None = None) -> Any:
+def interpolate(
+    node: Any,
+    path: str = "",
+    unset: dict[str, list[str]] | None = None,
+    missing: dict[str, list[str]] | None = None,
+) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML tree.
 
     ``$$`` stands for a literal ``$``. ``unset`` collects, per key path, the variables that
-    were unset and fell back to their default (used to hint at them in errors later).
+    were unset and fell back to their default (used to hint at them in errors later);
+    ``missing`` the unset ones without a default (replaced by ""), so that all of them
+    are reported at once. Without ``missing``, the first one raises ``ConfigError``.
     """
     if isinstance(node, dict):
-        return {k: interpolate(v, _join(path, k), unset) for k, v in node.items()}
+        return {k: interpolate(v, _join(path, k), unset, missing) for k, v in node.items()}
     if isinstance(node, list):
-        return [interpolate(v, f"{path}[{i}]", unset) for i, v in enumerate(node)]
+        return [interpolate(v, f"{path}[{i}]", unset, missing) for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
 
@@ -193,14 +289,22 @@ def interpolate(node: Any, path: str = "", unset: dict[str, list[str]] | None = 
         if value is not None:
             return value
         if default is None:
-            raise ConfigError(
-                "config", [f"{path or '<root>'}: environment variable {name} is not set"]
-            )
+            if missing is None:
+                raise ConfigError("config", [_missing_problem(path, name)])
+            missing.setdefault(path or "<root>", []).append(name)
+            return ""
         if unset is not None:
             unset.setdefault(path, []).append(name)
         return default
 
     return _VAR.sub(replace, node)
+
+
+def _missing_problem(path: str, name: str) -> str:
+    return (
+        f"{path or '<root>'}: environment variable {name} is not set "
+        f"(set it, or give a default: ${{{name}:-default}})"
+    )
 
 
 def _join(path: str, key: Any) -> str:
@@ -224,17 +328,48 @@ def from_litellm(raw: dict[str, Any]) -> dict[str, Any]:
     """Convert LiteLLM's ``model_list`` form into ours (``os.environ/NAME`` -> ``${NAME}``)."""
     out = {k: v for k, v in raw.items() if k not in ("model_list", "general_settings")}
     models = out.setdefault("models", [])
+    problems = []
     for i, entry in enumerate(raw.get("model_list") or []):
         if not isinstance(entry, dict) or "model_name" not in entry:
-            raise ConfigError("config", [f"model_list[{i}]: needs model_name and litellm_params"])
-        models.append(_litellm_model(entry))
+            problems.append(f"model_list[{i}]: needs model_name and litellm_params")
+            continue
+        model, unknown = _litellm_model(entry)
+        models.append(model)
+        problems += [
+            f"model_list[{i}].litellm_params.{key}: not supported by the gateway (it reads "
+            f"{', '.join(_LITELLM_KEYS)}, {', '.join(sorted(_LITELLM_PARAMS))}); remove it"
+            for key in unknown
+        ]
+    if problems:
+        raise ConfigError("config", problems)
     master = (raw.get("general_settings") or {}).get("master_key")
     if master:
+        _check_master_key(master)
         out.setdefault("server", {}).setdefault("api_keys", []).append(_env_ref(master, ""))
     return out
 
 
-def _litellm_model(entry: dict[str, Any]) -> dict[str, Any]:
+def _check_master_key(master: Any) -> None:
+    """An unset master key must not leave the gateway open without a word."""
+    if not isinstance(master, str) or not master.startswith("os.environ/"):
+        return
+    name = master.removeprefix("os.environ/")
+    if not os.environ.get(name):
+        raise ConfigError(
+            "config",
+            [
+                f"general_settings.master_key: environment variable {name} is "
+                f"{'empty' if name in os.environ else 'not set'}; set it (clients must then "
+                "send it as a Bearer token), or remove master_key to accept requests "
+                "without a key"
+            ],
+        )
+
+
+_LITELLM_KEYS = ("model", "api_base", "api_key", "timeout", "max_retries", "extra_headers")
+
+
+def _litellm_model(entry: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     lp = dict(entry.get("litellm_params") or {})
     upstream = str(lp.pop("model", entry["model_name"]))
     model: dict[str, Any] = {
@@ -253,9 +388,7 @@ def _litellm_model(entry: dict[str, Any]) -> dict[str, Any]:
     params = {k: lp.pop(k) for k in list(lp) if k in _LITELLM_PARAMS}
     if params:
         model["params"] = params
-    if lp:
-        model["litellm_params"] = lp  # reported as unknown keys by validation
-    return model
+    return model, sorted(lp)
 
 
 def _env_ref(value: Any, default: str | None) -> Any:
@@ -277,8 +410,19 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(str(path), [f"cannot read the file: {e.strerror or e}"]) from None
+    except FileNotFoundError:
+        raise ConfigError(
+            str(path),
+            [
+                f"no such file (looked in {path.absolute()})",
+                "pass the config file with --config PATH or set GATEWAY_CONFIG=PATH "
+                f"(without either, {DEFAULT_CONFIG} in the current directory is used)",
+            ],
+            headline="config file not found",
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else f"not UTF-8 text ({e.reason})"
+        raise ConfigError(str(path), [f"cannot read the file: {reason or e}"]) from None
     raw = parse_yaml(text, str(path))
     return build_config(raw, str(path), path.resolve().parent)
 
@@ -298,7 +442,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def build_config(raw: Any, source: str, base_dir: Path) -> GatewayConfig:
-    """Validate a parsed YAML tree (interpolating it first) into a ``GatewayConfig``."""
+    """Validate a parsed YAML tree (interpolated, then overridden by the environment)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -306,25 +450,51 @@ def build_config(raw: Any, source: str, base_dir: Path) -> GatewayConfig:
     try:
         if "model_list" in raw:
             raw = from_litellm(raw)
-        unset: dict[str, list[str]] = {}
-        data = interpolate(raw, "", unset)
     except ConfigError as e:
         raise ConfigError(source, e.problems) from None
-    for reserved in ("base_dir", "key_hints"):
-        if reserved in data:
-            raise ConfigError(source, [f"{reserved}: unknown key"])
+    unset: dict[str, list[str]] = {}
+    missing: dict[str, list[str]] = {}
+    data = interpolate(raw, "", unset, missing)
+    problems = [_missing_problem(p, name) for p, names in missing.items() for name in names]
+    problems += [f"{key}: unknown key" for key in _RESERVED if key in data]
+    env = envconfig.overlay(data, os.environ, GatewayConfig, ENV_PREFIX, _RESERVED)
+    data = {k: v for k, v in env.data.items() if k not in _RESERVED}
     data["base_dir"] = base_dir
     data["key_hints"] = _key_hints(data, unset)
+    found = _Found(problems, env.problems)
     try:
         config = GatewayConfig(**data)
     except ValidationError as e:
-        problems = [_format_error(err) for err in e.errors()]
-        problems += [p for p in _raw_cross_check(data) if p not in problems]
-        raise ConfigError(source, problems) from None
-    problems = cross_check(config) + _selection_problems(config)
-    if problems:
-        raise ConfigError(source, problems)
+        for err in e.errors():
+            found.add(_format_error(err, env.origins), set(missing))
+        for p in _raw_cross_check(data):
+            found.add(p, set())
+        raise found.error(source) from None
+    for p in cross_check(config) + _selection_problems(config):
+        found.add(p, set())
+    if found.file or found.env:
+        raise found.error(source)
     return config
+
+
+class _Found:
+    """Problems of the file and of the environment, kept apart so each is named right."""
+
+    def __init__(self, file: list[str], env: list[str]) -> None:
+        self.file, self.env = file, env
+
+    def add(self, problem: tuple[str, str | None] | str, skip: set[str]) -> None:
+        text, var = (problem, None) if isinstance(problem, str) else problem
+        if text.partition(": ")[0] in skip:  # its ${VAR} is unset: already reported
+            return
+        target = self.env if var else self.file
+        if text not in target:
+            target.append(text)
+
+    def error(self, source: str) -> ConfigError:
+        if not self.file:
+            return ConfigError(f"environment ({ENV_PREFIX}* variables)", self.env)
+        return ConfigError(source, self.file + self.env)
 
 
 def _key_hints(data: dict[str, Any], unset: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -336,16 +506,57 @@ def _key_hints(data: dict[str, Any], unset: dict[str, list[str]]) -> dict[str, l
     return hints
 
 
-def _format_error(err: Any) -> str:
-    path = ""
-    for part in err["loc"]:
-        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
+def _format_error(err: Any, origins: envconfig.Origins) -> tuple[str, str | None]:
+    """One pydantic error as ``path: message``, and the variable that caused it, if any."""
+    loc = _clean_loc(tuple(err["loc"]))
+    path = _path_text(loc)
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        message = "unknown key"
+        message = _unknown_key(loc)
     elif err["type"] == "missing":
         message = "required key is missing"
-    return f"{path or '<root>'}: {message}"
+    origin = envconfig.origin_of(origins, loc)
+    if origin is None:
+        return f"{path or '<root>'}: {message}", None
+    set_path, var = origin
+    found = envconfig.field_at(GatewayConfig, set_path)
+    typ, info = found or (Any, None)
+    example = envconfig.example(set_path, typ, info)
+    if envconfig.value_kind(typ) in ("list", "object"):
+        example = f"'{example}'"
+    return f"{var}: {path}: {message} (e.g. {var}={example})", var
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop the union tags pydantic puts in locations (``auth.bearer.token``)."""
+    out: tuple[Any, ...] = ()
+    for seg in loc:
+        if not (isinstance(seg, str) and _is_tag(out, seg)):
+            out = (*out, seg)
+    return out
+
+
+def _is_tag(path: tuple[Any, ...], seg: str) -> bool:
+    found = envconfig.field_at(GatewayConfig, path)
+    models = envconfig.models_in(found[0]) if found else []
+    return len(models) > 1 and any(
+        getattr(m.model_fields.get("type"), "annotation", None) == Literal[seg] for m in models
+    )
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    keys = [k for k in envconfig.keys_at(GatewayConfig, loc[:-1]) if k not in _RESERVED]
+    close = envconfig.suggest(str(loc[-1]), keys) if keys else None
+    if close:
+        return f"unknown key; did you mean {close!r}?"
+    return f"unknown key (known keys here: {', '.join(keys)})" if keys else "unknown key"
+
+
+def _path_text(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
+    return path
 
 
 def cross_check(config: GatewayConfig) -> list[str]:

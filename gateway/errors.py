@@ -126,11 +126,13 @@ class UpstreamTimeout(UpstreamError):
 class ConfigError(Exception):
     """A config file or spec is wrong; ``problems`` are lines like ``models[2].timeout: ...``."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(
+        self, source: str, problems: list[str], headline: str = "invalid configuration"
+    ) -> None:
         self.source = source
         self.problems = problems
         lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{source}: invalid configuration\n{lines}")
+        super().__init__(f"{source}: {headline}\n{lines}")
 
 
 def error_body(

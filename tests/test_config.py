@@ -55,7 +55,10 @@ def test_unset_variable_without_default_names_variable_and_key(monkeypatch):
     monkeypatch.delenv("MISSING_KEY_VAR", raising=False)
     assert problems(
         {"models": [{"id": "m", "base_url": "http://x", "api_key": "${MISSING_KEY_VAR}"}]}
-    ) == ["models[0].api_key: environment variable MISSING_KEY_VAR is not set"]
+    ) == [
+        "models[0].api_key: environment variable MISSING_KEY_VAR is not set "
+        "(set it, or give a default: ${MISSING_KEY_VAR:-default})"
+    ]
 
 
 def test_errors_name_exact_key_paths():
@@ -74,10 +77,14 @@ def test_errors_name_exact_key_paths():
         "server.port: Input should be a valid integer, unable to parse string as an integer"
         in found
     )
-    assert "server.colour: unknown key" in found
+    assert (
+        "server.colour: unknown key (known keys here: api_keys, host, max_request_bytes, port)"
+        in found
+    )
     assert any(p.startswith("models[0].timeout: Input should be a valid number") for p in found)
     assert (
-        "models[1].base_url: must be an http:// or https:// URL with a host, got 'ftp://b'" in found
+        "models[1].base_url: must be an http:// or https:// URL with a host, got 'ftp://b'; "
+        "e.g. http://127.0.0.1:8000/v1" in found
     )
     assert "models[3].id: required key is missing" in found
 
@@ -111,7 +118,8 @@ def test_reference_errors_come_with_type_errors_all_at_once():
     )
     assert found == [
         "models[0].timeout: Input should be greater than 0",
-        "models[1].base_url: must be an http:// or https:// URL with a host, got 'ftp://c'",
+        "models[1].base_url: must be an http:// or https:// URL with a host, got 'ftp://c'; "
+        "e.g. http://127.0.0.1:8000/v1",
         "models[2]: Input should be a valid dictionary or instance of ModelConfig",
         "models[1].id: duplicate 'a' (first at models[0])",
         "models[0].fallbacks[0]: unknown model id 'zz' (configured: a)",
@@ -131,7 +139,7 @@ def test_malformed_yaml_gives_line_and_column(tmp_path):
 def test_unreadable_file_is_named(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(tmp_path / "nope.yaml")
-    assert "nope.yaml" in str(e.value) and "cannot read" in str(e.value)
+    assert "nope.yaml" in str(e.value) and "not found" in str(e.value)
 
 
 def test_environment_overrides_file(monkeypatch):
@@ -208,7 +216,11 @@ def test_litellm_unknown_params_are_reported():
             ]
         }
     )
-    assert found == ["models[0].litellm_params: unknown key"]
+    assert found == [
+        "model_list[0].litellm_params.rpm: not supported by the gateway (it reads model, "
+        "api_base, api_key, timeout, max_retries, extra_headers, frequency_penalty, max_tokens, "
+        "presence_penalty, seed, stop, temperature, top_p); remove it"
+    ]
 
 
 def test_check_command_reports_ok_and_errors(tmp_path, capsys, monkeypatch):
@@ -333,3 +345,179 @@ def _children(pid):
         if f"\nPPid:\t{pid}\n" in text:
             out.append(int(status.parent.name))
     return out
+
+
+# --- issue 11: errors that point at the fix -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:abc/v1", "the port must be a number"),
+        ("http://127.0.0.1:99999/v1", "the port must be between 1 and 65535"),
+        ("127.0.0.1:8000/v1", "has no scheme; write it as http://127.0.0.1:8000/v1"),
+        ("http://exa mple.com/v1", "contains spaces"),
+        (" http://a/v1", "contains spaces"),
+        ("http://:80/v1", "has no host"),
+        ("http://a..b/v1", "is not a valid host name"),
+        ("http://u:p@a/v1", "credentials in the URL are not supported"),
+        ("http://a/v1?x=1", "has a query or fragment"),
+        ("http://a:0/v1", "port 0"),
+        ("http://[::1/v1", "not a valid URL"),
+        ("mock://x", "the built-in mock is written 'mock://'"),
+    ],
+)
+def test_bad_base_url_is_a_config_error_not_a_500_per_request(url, says):
+    found = problems({"models": [{"id": "m", "base_url": url}]})
+    assert len(found) == 1 and found[0].startswith("models[0].base_url: ") and says in found[0]
+
+
+def test_bad_toolset_urls_are_config_errors():
+    found = problems(
+        {"tools": [{"name": "t", "spec": "http://h:xx/spec.json", "base_url": "http://h:1 /"}]}
+    )
+    assert [p.partition(":")[0] for p in found] == ["tools[0].spec", "tools[0].base_url"]
+
+
+async def test_odd_but_valid_base_url_is_a_502_not_a_500(make_gateway, oai):
+    gw = await make_gateway({"models": [{"id": "m", "base_url": "http://[::1]:1/v1/"}]})
+    client = oai(gw)
+    with pytest.raises(Exception) as e:
+        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert getattr(e.value, "status_code", None) == 502
+
+
+def test_model_header_with_a_line_break_is_a_config_error():
+    found = problems({"models": [{"id": "m", "base_url": "http://a", "headers": {"X": "a\nb"}}]})
+    assert found == ["models[0].headers: the value of header 'X' contains a line break; remove it"]
+
+
+def test_all_missing_variables_are_reported_at_once(monkeypatch):
+    for var in ("NOPE_URL", "NOPE_KEY", "NOPE_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    found = problems(
+        {
+            "models": [{"id": "m", "base_url": "${NOPE_URL}", "api_key": "${NOPE_KEY}"}],
+            "tools": [
+                {
+                    "name": "t",
+                    "spec": "s.yaml",
+                    "auth": {"type": "bearer", "token": "${NOPE_TOKEN}"},
+                }
+            ],
+        }
+    )
+    assert [p.split(" (")[0] for p in found] == [
+        "models[0].base_url: environment variable NOPE_URL is not set",
+        "models[0].api_key: environment variable NOPE_KEY is not set",
+        "tools[0].auth.token: environment variable NOPE_TOKEN is not set",
+    ]
+
+
+def test_unknown_key_gets_did_you_mean():
+    found = problems(
+        {
+            "server": {"prot": 1},
+            "models": [{"id": "m", "base_url": "http://a", "fallback": []}],
+            "tools": [{"name": "t", "spec": "s", "auth": {"type": "bearer", "tokn": "x"}}],
+            "limit": {},
+        }
+    )
+    assert "server.prot: unknown key; did you mean 'port'?" in found
+    assert "models[0].fallback: unknown key; did you mean 'fallbacks'?" in found
+    assert "tools[0].auth.tokn: unknown key; did you mean 'token'?" in found
+    assert "limit: unknown key; did you mean 'limits'?" in found
+
+
+def test_missing_config_file_mentions_config_flag_and_env(tmp_path, capsys):
+    assert main(["check", "--config", str(tmp_path / "nope.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "config file not found" in err and "invalid configuration" not in err
+    assert "--config" in err and "GATEWAY_CONFIG" in err
+
+
+def test_env_api_keys_as_a_plain_string_is_a_comma_separated_list(monkeypatch):
+    monkeypatch.setenv("GATEWAY_SERVER__API_KEYS", "k1, k2")
+    config = build_config({}, "cfg", Path("."))
+    assert [k.get_secret_value() for k in config.server.api_keys] == ["k1", "k2"]
+    monkeypatch.setenv("GATEWAY_SERVER__API_KEYS", '["k3"]')
+    config = build_config({}, "cfg", Path("."))
+    assert [k.get_secret_value() for k in config.server.api_keys] == ["k3"]
+
+
+def test_env_models_with_bad_json_names_the_variable_and_an_example(monkeypatch):
+    monkeypatch.setenv("GATEWAY_MODELS", '[{"id":"z",}]')
+    with pytest.raises(ConfigError) as e:
+        build_config({}, "cfg.yaml", Path("."))
+    assert e.value.source.startswith("environment")
+    (problem,) = e.value.problems
+    assert problem.startswith("GATEWAY_MODELS: is not valid JSON (")
+    assert 'expected a JSON array, e.g. GATEWAY_MODELS=\'[{"id": "m", "base_url"' in problem
+
+
+def test_env_bad_port_is_not_reported_as_an_error_of_the_yaml_file(monkeypatch):
+    monkeypatch.setenv("GATEWAY_SERVER__PORT", "abc")
+    with pytest.raises(ConfigError) as e:
+        build_config({"server": {"port": 8080}}, "cfg.yaml", Path("."))
+    assert "cfg.yaml" not in str(e.value)
+    assert e.value.problems == [
+        "GATEWAY_SERVER__PORT: server.port: Input should be a valid integer, unable to parse "
+        "string as an integer (e.g. GATEWAY_SERVER__PORT=8080)"
+    ]
+
+
+def test_env_error_beside_file_errors_names_each_source(monkeypatch):
+    monkeypatch.setenv("GATEWAY_SERVER__PORT", "abc")
+    found = problems({"limits": {"max_tool_rounds": 0}})
+    assert found[0].startswith("limits.max_tool_rounds: ")
+    assert found[1].startswith("GATEWAY_SERVER__PORT: server.port: ")
+
+
+def test_env_index_overrides_one_model_of_the_file(monkeypatch):
+    monkeypatch.setenv("GATEWAY_MODELS__0__TIMEOUT", "5")
+    monkeypatch.setenv("GATEWAY_MODELS__1__PARAMS__TEMPERATURE", "0.5")
+    config = build_config(
+        {"models": [{"id": "a", "base_url": "http://a"}, {"id": "b", "base_url": "http://b"}]},
+        "cfg",
+        Path("."),
+    )
+    assert config.models[0].timeout == 5 and config.models[1].params == {"temperature": 0.5}
+
+
+def test_env_index_past_the_list_says_how_to_add_it(monkeypatch):
+    monkeypatch.setenv("GATEWAY_MODELS__0__TIMEOUT", "5")
+    found = problems({})
+    assert found == [
+        "GATEWAY_MODELS__0__TIMEOUT: models has 0 entries, so there is no models[0] to change; "
+        "add it in the file, or set the whole list as JSON in GATEWAY_MODELS"
+    ]
+
+
+def test_env_unknown_key_suggests_the_variable(monkeypatch):
+    monkeypatch.setenv("GATEWAY_SERVER__PROT", "9000")
+    assert problems({}) == [
+        "GATEWAY_SERVER__PROT: 'prot' is not a key of server (keys: api_keys, host, "
+        "max_request_bytes, port); did you mean GATEWAY_SERVER__PORT?"
+    ]
+
+
+def test_env_variables_that_are_not_keys_are_left_alone(monkeypatch):
+    monkeypatch.setenv("GATEWAY_API_KEY", "used-by-interpolation")
+    monkeypatch.setenv("GATEWAY_CONFIG", "elsewhere.yaml")
+    assert build_config({}, "cfg", Path(".")).server.api_keys == []
+
+
+def test_litellm_master_key_naming_an_unset_variable_is_an_error(monkeypatch):
+    monkeypatch.delenv("LITELLM_MASTER_KEY", raising=False)
+    raw = {
+        "model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m"}}],
+        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
+    }
+    (problem,) = problems(raw)
+    assert problem.startswith(
+        "general_settings.master_key: environment variable LITELLM_MASTER_KEY is not set"
+    )
+    assert "remove master_key" in problem
+    monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-m")
+    config = build_config(raw, "cfg", Path("."))
+    assert [k.get_secret_value() for k in config.server.api_keys] == ["sk-m"]
