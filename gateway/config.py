@@ -139,6 +139,7 @@ class ModelConfig(_Model):
     api_key: SecretStr | None = None
     upstream_model: str | None = None
     params: dict[str, Any] = {}
+    endpoint_params: dict[str, dict[str, Any]] = {}
     headers: dict[str, str] = {}
     timeout: float = Field(60.0, gt=0)
     retries: int = Field(0, ge=0, le=10)
@@ -156,6 +157,20 @@ class ModelConfig(_Model):
     @classmethod
     def _check_headers(cls, v: dict[str, str]) -> dict[str, str]:
         return _headers(v)
+
+    @field_validator("endpoint_params")
+    @classmethod
+    def _check_endpoints(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name in v:
+            if not _ENDPOINT.match(name):
+                raise ValueError(
+                    f"{name!r} is not an endpoint path: use the path after /v1 without "
+                    "slashes around it, e.g. embeddings, responses, chat/completions"
+                )
+        return v
+
+
+_ENDPOINT = re.compile(r"^(?!v1/)[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
 class BearerAuth(_Model):

@@ -1,5 +1,7 @@
 """HTTP handlers: ``/v1/chat/completions``, ``/v1/models``, other ``/v1`` POSTs, ``/healthz``.
 
+OpenAI's main paths answer without the ``/v1`` prefix too, with the same handlers.
+
 The pass-through path parses the request once (to find the model), rewrites it only when
 the route asks for a change, and relays the upstream's bytes to the client untouched.
 """
@@ -26,13 +28,20 @@ from gateway.upstream import BodyFor, Reply, midstream_error
 log = logging.getLogger("gateway.handlers")
 
 
+#: OpenAI's endpoints whose body names a model, also served without ``/v1`` (as other
+#: gateways do, for clients whose base_url lacks it); any other POST needs the prefix
+UNPREFIXED = "completions|embeddings|responses|moderations|images|audio|rerank"
+
+
 def add_routes(app: web.Application, edge: Callable[[Handler], Handler]) -> None:
     """Every route, each handler wrapped in ``edge``; anything else gets an OpenAI 404/405."""
     app.router.add_get("/healthz", edge(healthz))
-    app.router.add_get("/v1/models", edge(list_models))
-    app.router.add_get("/v1/models/{model_id:.+}", edge(get_model))
-    app.router.add_post("/v1/chat/completions", edge(chat_completions))
+    for prefix in ("/v1", ""):
+        app.router.add_get(prefix + "/models", edge(list_models))
+        app.router.add_get(prefix + "/models/{model_id:.+}", edge(get_model))
+        app.router.add_post(prefix + "/chat/completions", edge(chat_completions))
     app.router.add_post("/v1/{tail:.+}", edge(other_endpoint))
+    app.router.add_post("/{tail:(?:" + UNPREFIXED + ")(?:/.+)?}", edge(other_endpoint))
     app.router.add_route("*", "/{path:.*}", edge(no_route))  # last: only what nothing else took
 
 
@@ -42,21 +51,35 @@ async def no_route(request: web.Request) -> web.StreamResponse:
     for resource in request.app.router.resources():
         if resource.canonical != "/{path}":
             allowed |= (await resource.resolve(request))[1]
+    where = f"{request.method} {request.path}"
     if not allowed:
-        raise NotFound(f"{request.method} {request.path}: there is no such endpoint here.")
+        raise NotFound(
+            f"{where}: there is no such endpoint here. The gateway serves the OpenAI API "
+            "under /v1 (set your client's base_url to http://<gateway host:port>/v1); "
+            "/chat/completions, /models, /embeddings, /completions and /responses also "
+            "answer without it."
+        )
     methods = ", ".join(sorted(allowed))
-    body = error_body(
-        f"{request.method} {request.path}: method not allowed; use {methods}.",
-        "invalid_request_error",
-        None,
-        "method_not_allowed",
-    )
+    message = f"{where}: method not allowed; use {methods}."
+    if allowed == {"POST"}:
+        message = f"{where}: method not allowed; use POST. {_CANNOT_PROXY}"
+    body = error_body(message, "invalid_request_error", None, "method_not_allowed")
     return web.Response(
         status=405,
         body=orjson.dumps(body),
         content_type="application/json",
         headers={"Allow": methods},
     )
+
+
+_CANNOT_PROXY = (
+    "The gateway routes every request by the 'model' named in its JSON body, so it can "
+    "proxy only POST requests whose body names one of its models (chat/completions, "
+    "completions, embeddings, responses, moderations, images, audio/speech, ...), and it "
+    "answers GET /v1/models itself. Requests that name no model in a body (listing, "
+    "fetching or deleting files, batches, stored responses, fine-tuning jobs) cannot be "
+    "routed: send those to the upstream directly."
+)
 
 
 # --- models ------------------------------------------------------------------------------
@@ -101,7 +124,7 @@ async def other_endpoint(request: web.Request) -> web.StreamResponse:
     tail = request.match_info["tail"]
     if request.content_type.startswith("multipart/"):
         raise UnsupportedMediaType(
-            f"POST /v1/{tail}: the gateway proxies JSON requests that name a model; "
+            f"POST {request.path}: the gateway proxies JSON requests that name a model; "
             f"uploads ({request.content_type}: files, audio) are not supported."
         )
     raw, body = await read_json(request)
@@ -139,13 +162,13 @@ def resolve(request: web.Request, body: dict[str, Any]) -> Route:
     return request[SNAPSHOT].router.resolve(model)
 
 
-def body_for(raw: bytes, body: dict[str, Any]) -> BodyFor:
+def body_for(raw: bytes, body: dict[str, Any], path: str) -> BodyFor:
     """What to send to each route: the client's bytes as they are when nothing changes."""
 
     def build(route: Route) -> bytes:
-        if route.upstream_model == body.get("model") and not route.params:
+        if route.upstream_model == body.get("model") and not route.params_for(path):
             return raw
-        return dumps(route.rewrite(body))
+        return dumps(route.rewrite(body, path))
 
     return build
 
@@ -165,7 +188,7 @@ async def proxy(
     reply = await request.app[UPSTREAM].call(
         router.chain(route),
         path,
-        body_for(raw, body),
+        body_for(raw, body, path),
         stream=wants_stream,
         request_id=request[REQUEST_ID],
         query=request.query_string,

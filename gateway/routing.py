@@ -25,11 +25,16 @@ class Route:
     fallbacks: tuple[str, ...]
     toolsets: tuple[str, ...]
     key_problem: str | None = None  # why the key is unusable, raised at request time
+    #: defaults for other endpoints, by path after ``/v1`` without its slash (``embeddings``)
+    endpoint_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    has_key: bool = True  # an api_key is configured (even an empty one)
     host: str = field(init=False)
     #: ready-made per-request values (the hot path only copies them)
     send_headers: dict[str, str] = field(init=False)
     stream_headers: dict[str, str] = field(init=False)
     client_timeout: aiohttp.ClientTimeout = field(init=False)
+    #: the defaults for each endpoint path (``/chat/completions``): params_for looks them up
+    path_params: dict[str, dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "host", urlsplit(self.base_url).netloc)
@@ -40,12 +45,17 @@ class Route:
             total=None, sock_connect=self.timeout, sock_read=self.timeout
         )
         object.__setattr__(self, "client_timeout", timeout)
+        object.__setattr__(self, "path_params", _path_params(self.params, self.endpoint_params))
 
-    def rewrite(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The request for this upstream: its model name, and its params where unset."""
+    def params_for(self, path: str) -> dict[str, Any]:
+        """The defaults for ``path`` (``/chat/completions``): ``params`` are for chat only."""
+        return self.path_params.get(path, _NONE)
+
+    def rewrite(self, body: dict[str, Any], path: str = "/chat/completions") -> dict[str, Any]:
+        """The request for this upstream: its model name, and the path's params where unset."""
         out = dict(body)
         out["model"] = self.upstream_model
-        for key, value in self.params.items():
+        for key, value in self.params_for(path).items():
             out.setdefault(key, value)
         return out
 
@@ -56,6 +66,20 @@ class Route:
     def check_key(self) -> None:
         if self.key_problem:
             raise UpstreamKeyMissing(self.key_problem)
+
+
+_NONE: dict[str, Any] = {}
+#: the endpoints a model's ``params`` apply to: the others reject sampling arguments
+PARAMS_ENDPOINTS = ("chat/completions", "completions")
+
+
+def _path_params(
+    params: dict[str, Any], per_endpoint: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    out = {f"/{name}": dict(values) for name, values in per_endpoint.items()}
+    for name in PARAMS_ENDPOINTS:
+        out[f"/{name}"] = {**params, **per_endpoint.get(name, {})}
+    return {path: values for path, values in out.items() if values}
 
 
 def build_route(m: ModelConfig, key_hints: list[str] | None = None) -> Route:
@@ -83,6 +107,8 @@ def build_route(m: ModelConfig, key_hints: list[str] | None = None) -> Route:
         fallbacks=tuple(m.fallbacks),
         toolsets=tuple(m.tools),
         key_problem=problem,
+        endpoint_params={k: dict(v) for k, v in m.endpoint_params.items()},
+        has_key=m.api_key is not None,
     )
 
 
