@@ -220,6 +220,8 @@ class ToolsetConfig(_Model):
     headers: dict[str, str] = {}
     #: ``compact`` leaves out what a model does not need (examples, x- extensions, ...)
     schema_detail: Literal["compact", "full"] = "compact"
+    #: sent when fetching the spec and its remote refs on the spec's own origin
+    spec_headers: dict[str, SecretStr] = {}
 
     @field_validator("base_url")
     @classmethod

@@ -90,7 +90,13 @@ async def load_tools(config: GatewayConfig, fetch: Fetch | None = None) -> ToolS
         return EMPTY
     specs = await asyncio.gather(
         *(
-            load_spec(t.spec, config.base_dir, allow_remote_refs=t.allow_remote_refs, fetch=fetch)
+            load_spec(
+                t.spec,
+                config.base_dir,
+                allow_remote_refs=t.allow_remote_refs,
+                fetch=fetch,
+                headers={k: v.get_secret_value() for k, v in t.spec_headers.items()},
+            )
             for t in config.tools
         )
     )

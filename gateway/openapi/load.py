@@ -8,34 +8,28 @@ External documents are fetched before conversion starts, so resolving refs is pu
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import os
+import stat
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urldefrag, urljoin, urlsplit
 from urllib.request import url2pathname
 
-import orjson
-import yaml
 from referencing import Registry, Specification
 from referencing._core import Resolver
 
-from gateway.errors import ConfigError
+from gateway.openapi.parse import SpecError, parse_document
 
-Fetch = Callable[[str], Awaitable[bytes]]
+__all__ = ["Fetch", "Spec", "SpecError", "fetch_with", "load_spec", "parse_document"]
+
+#: ``fetch(url)`` or ``fetch(url, headers)`` -> the body; raises ``SpecError`` naming the URL
+Fetch = Callable[..., Awaitable[bytes]]
 MAX_DOCUMENTS = 200
 MAX_SPEC_BYTES = 64 * 1024 * 1024
-
-
-class SpecError(ConfigError):
-    """A spec cannot be read, parsed or used; ``source`` names the file or URL."""
-
-    def __init__(self, source: str, problem: str) -> None:
-        super().__init__(source, [problem])
-        self.args = (f"{source}: {problem}",)
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.problems[0]}"
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -60,16 +54,26 @@ def spec_uri(source: str, base_dir: Path) -> str:
 
 
 async def load_spec(
-    source: str, base_dir: Path, *, allow_remote_refs: bool = False, fetch: Fetch | None = None
+    source: str,
+    base_dir: Path,
+    *,
+    allow_remote_refs: bool = False,
+    fetch: Fetch | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Spec:
-    """Load a spec and the documents its refs point to; raise ``SpecError`` naming the file."""
+    """Load a spec and the documents its refs point to; raise ``SpecError`` naming the file.
+
+    ``headers`` (the toolset's ``spec_headers``) go with the request for the spec and for
+    remote refs on the spec's own origin, never to another origin.
+    """
     uri = spec_uri(source, base_dir)
-    document = await _read_document(uri, source, fetch)
+    reader = _Reader(fetch, _origin(uri) if headers else None, dict(headers or {}))
+    document = await reader.read(uri, source)
     if not isinstance(document, dict):
         raise SpecError(source, "not an OpenAPI document (the top level is not a mapping)")
     version = spec_version(document, source)
     resources = {uri: document}
-    await _fetch_external(uri, document, resources, allow_remote_refs, fetch)
+    await _fetch_external(uri, document, resources, allow_remote_refs, reader)
     registry: Registry[Any] = Registry().with_resources(
         (u, Specification.OPAQUE.create_resource(d)) for u, d in resources.items()
     )
@@ -89,70 +93,72 @@ def spec_version(document: dict[str, Any], source: str) -> str:
     raise SpecError(source, f"not an OpenAPI 2.0/3.0/3.1 document: {what}")
 
 
-async def _read_document(uri: str, source: str, fetch: Fetch | None) -> Any:
-    if uri.startswith("file:"):
-        path = Path(url2pathname(urlsplit(uri).path))
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise SpecError(source, f"cannot read the file: {e.strerror or e}") from None
-    else:
-        if fetch is None:
+def _scheme(uri: str) -> str:
+    return urlsplit(uri).scheme.lower()
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        port = -1
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """Reads one document: a local file, or a URL through ``fetch`` (headers to one origin)."""
+
+    fetch: Fetch | None
+    origin: str | None  # where ``headers`` may go
+    headers: dict[str, str]
+
+    async def read(self, uri: str, source: str) -> Any:
+        if _scheme(uri) == "file":
+            raw = read_file(Path(url2pathname(urlsplit(uri).path)), source)
+        else:
+            raw = await self._fetch(uri, source)
+        if len(raw) > MAX_SPEC_BYTES:
+            raise SpecError(source, f"larger than {MAX_SPEC_BYTES} bytes")
+        return parse_document(raw, source)
+
+    async def _fetch(self, uri: str, source: str) -> bytes:
+        if self.fetch is None:
             raise SpecError(source, "URLs cannot be fetched here")
         try:
-            raw = await fetch(uri)
+            if self.origin is not None and _origin(uri) == self.origin:
+                return await self.fetch(uri, self.headers)
+            return await self.fetch(uri)
         except SpecError:
             raise
+        except asyncio.TimeoutError:
+            raise SpecError(source, "cannot fetch: timed out") from None
         except Exception as e:  # the network boundary: any failure names the URL
             raise SpecError(source, f"cannot fetch: {e or type(e).__name__}") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(source, f"larger than {MAX_SPEC_BYTES} bytes")
-    return parse_document(raw, source)
 
 
-def parse_document(raw: bytes, source: str) -> Any:
-    """JSON when it looks like JSON, else YAML; errors give the line (and column)."""
-    text_start = raw.lstrip()[:1]
-    if text_start in (b"{", b"["):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            if not source.endswith((".yaml", ".yml")):
-                raise SpecError(source, f"line {e.lineno}, column {e.colno}: {e.msg}") from None
+def read_file(path: Path, source: str) -> bytes:
+    """A regular file's bytes, at most ``MAX_SPEC_BYTES + 1`` of them.
+
+    Opened without blocking (a FIFO would wait for a writer) and checked on the open
+    descriptor: a device such as ``/dev/zero`` would never end.
+    """
     try:
-        data = yaml.load(raw, Loader=_SpecLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(source, f"{where}{e.problem or e}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(source, f"not valid YAML: {e}") from None
-    return _str_keys(data)
-
-
-_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _SpecLoader(_BaseLoader):  # type: ignore[misc]
-    """Safe YAML, but dates stay strings: tool schemas must be JSON."""
-
-
-_SpecLoader.yaml_implicit_resolvers = {
-    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for key, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _str_keys(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {str(k): _str_keys(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_str_keys(v) for v in node]
-    return node
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise SpecError(source, f"cannot read the file: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SpecError(source, "not a regular file")
+        try:
+            return f.read(MAX_SPEC_BYTES + 1)
+        except OSError as e:
+            raise SpecError(source, f"cannot read the file: {e.strerror or e}") from None
 
 
 async def _fetch_external(
-    root: str, document: Any, resources: dict[str, Any], allow_remote: bool, fetch: Fetch | None
+    root: str, document: Any, resources: dict[str, Any], allow_remote: bool, reader: _Reader
 ) -> None:
     pending = [(root, document)]
     while pending:
@@ -162,14 +168,17 @@ async def _fetch_external(
             _check_allowed(root, base, target, allow_remote)
             if len(resources) >= MAX_DOCUMENTS:
                 raise SpecError(root, f"refs name more than {MAX_DOCUMENTS} documents")
-            resources[target] = await _read_document(target, target, fetch)
+            resources[target] = await reader.read(target, target)
             pending.append((target, resources[target]))
 
 
 def _check_allowed(root: str, base: str, target: str, allow_remote: bool) -> None:
-    if target.startswith("file:"):
-        if not base.startswith("file:"):
+    scheme = _scheme(target)
+    if scheme == "file":
+        if _scheme(base) != "file":
             raise SpecError(base, f"a remote document may not refer to a local file ({target})")
+    elif scheme not in ("http", "https"):
+        raise SpecError(base, f"$ref to {target}: only files and http(s) URLs can be read")
     elif not allow_remote:
         raise SpecError(
             root, f"remote $ref to {target} is off; set allow_remote_refs: true on the toolset"
@@ -199,15 +208,46 @@ def _refs(node: Any) -> list[str]:
 
 
 def fetch_with(session: Any, timeout: float = 30.0) -> Fetch:
-    """A ``Fetch`` over an aiohttp session, with a timeout and a size cap."""
-    import aiohttp
+    """A ``Fetch`` over an aiohttp session: one deadline for the whole fetch, redirects
+    only within the URL's origin, the body read to the end or refused past the size cap."""
 
-    async def fetch(url: str) -> bytes:
-        client_timeout = aiohttp.ClientTimeout(total=timeout)
-        async with session.get(url, timeout=client_timeout) as resp:
-            if resp.status >= 400:
-                raise SpecError(url, f"cannot fetch: HTTP {resp.status}")
-            data = await resp.content.read(MAX_SPEC_BYTES + 1)
-            return bytes(data)
+    async def fetch(url: str, headers: Mapping[str, str] | None = None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await _get(session, url, dict(headers or {}))
+        except TimeoutError:
+            raise SpecError(url, f"cannot fetch: timed out after {timeout:g} s") from None
 
     return fetch
+
+
+async def _get(session: Any, url: str, headers: dict[str, str]) -> bytes:
+    target = url
+    for _ in range(MAX_REDIRECTS + 1):
+        async with session.get(target, headers=headers, allow_redirects=False) as resp:
+            location = resp.headers.get("Location")
+            if resp.status in (301, 302, 303, 307, 308) and location:
+                target = _redirect(url, target, location)
+                continue
+            if resp.status >= 400:
+                raise SpecError(url, f"cannot fetch: HTTP {resp.status}")
+            return await _read_body(resp, url)
+    raise SpecError(url, f"cannot fetch: more than {MAX_REDIRECTS} redirects")
+
+
+def _redirect(url: str, current: str, location: str) -> str:
+    target = urljoin(current, location)
+    if _origin(target) != _origin(url):
+        raise SpecError(
+            url, f"cannot fetch: redirected to another origin ({_origin(target)}); not followed"
+        )
+    return target
+
+
+async def _read_body(resp: Any, url: str) -> bytes:
+    data = bytearray()
+    async for chunk in resp.content.iter_chunked(65536):
+        data += chunk
+        if len(data) > MAX_SPEC_BYTES:
+            raise SpecError(url, f"cannot fetch: larger than {MAX_SPEC_BYTES} bytes (the limit)")
+    return bytes(data)
