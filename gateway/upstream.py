@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,13 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import (
+    GatewayError,
+    UpstreamError,
+    UpstreamKeyMissing,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from gateway.routing import Route
 
 log = logging.getLogger("gateway.upstream")
@@ -95,13 +102,13 @@ class Upstream:
         query: str = "",
     ) -> Reply:
         """Send to the first route that answers successfully; raise the last failure."""
-        error: UpstreamError | None = None
+        error: GatewayError | None = None
         for route in chain:
             try:
                 return await self._call_route(
                     route, path, body_for(route), stream, request_id, query
                 )
-            except UpstreamError as e:
+            except (UpstreamError, UpstreamKeyMissing) as e:
                 error = e
                 if not _falls_back(e) or route is chain[-1]:
                     raise
@@ -161,8 +168,11 @@ async def _finish(route: Route, resp: aiohttp.ClientResponse, stream: bool) -> R
     return Reply(route, resp, body)
 
 
-def _falls_back(e: UpstreamError) -> bool:
-    return isinstance(e, (UpstreamUnreachable, UpstreamTimeout)) or e.status in RETRY_STATUSES
+def _falls_back(e: GatewayError) -> bool:
+    """Unreachable, timed out, overloaded, or no key to send (its variable is unset)."""
+    if isinstance(e, (UpstreamUnreachable, UpstreamTimeout, UpstreamKeyMissing)):
+        return True
+    return isinstance(e, UpstreamError) and e.status in RETRY_STATUSES
 
 
 def _delay(route: Route, attempt: int, retry_after: str | None) -> float | None:
@@ -229,19 +239,65 @@ async def error_from_response(route: Route, resp: aiohttp.ClientResponse) -> Ups
         resp.release()
     status = resp.status
     if status in (401, 403):
-        return UpstreamError(
-            f"The upstream of model {route.id!r} ({route.host}) rejected the gateway's API key "
-            f"(HTTP {status}). Check this model's api_key in the gateway config.",
-            status=status,
-            type="invalid_request_error",
-            code="invalid_api_key",
-        )
+        return _key_refused(route, status)
     error, message = _upstream_error(raw)
+    if status == 404 and _wrong_path(error, message):
+        return _path_not_found(route, resp, scrub(message, route))
     message = scrub(message or f"HTTP {status} from the upstream of model {route.id!r}", route)
     etype = "invalid_request_error" if status < 500 else "upstream_error"
     if error is not None:
         error = {k: (scrub(v, route) if isinstance(v, str) else v) for k, v in error.items()}
     return UpstreamError(message, error=error, status=status, type=etype, code=None)
+
+
+def _key_refused(route: Route, status: int) -> UpstreamError:
+    if not route.has_key:
+        return UpstreamError(
+            f"The upstream of model {route.id!r} ({route.host}) answered HTTP {status}: it "
+            "wants an API key, and none is configured for this model. Add "
+            "'api_key: ${YOUR_KEY_VARIABLE}' to this model in the gateway config (the "
+            "client's own key is never forwarded upstream).",
+            status=status,
+            type="invalid_request_error",
+            code="upstream_api_key_missing",
+        )
+    return UpstreamError(
+        f"The upstream of model {route.id!r} ({route.host}) rejected the gateway's API key "
+        f"(HTTP {status}). Check this model's api_key in the gateway config.",
+        status=status,
+        type="invalid_request_error",
+        code="invalid_api_key",
+    )
+
+
+#: what servers say for a path they do not have (a model they lack is another message)
+_BARE_404 = re.compile(
+    r"^(404\W*)?((page|file|resource|url) )?not found\W*$"
+    r"|^cannot (post|get)\b|^unexpected endpoint|^<|^$",
+    re.IGNORECASE,
+)
+
+
+def _wrong_path(error: dict[str, Any] | None, message: str) -> bool:
+    """A 404 for the path itself (a base_url without /v1), not OpenAI's model_not_found."""
+    if error is not None and error.get("code") == "model_not_found":
+        return False
+    return bool(_BARE_404.match(message.strip()))
+
+
+def _path_not_found(route: Route, resp: aiohttp.ClientResponse, said: str) -> UpstreamError:
+    url = resp.url.with_query(None).with_user(None).with_password(None)
+    said = said.strip()
+    answer = f" ({said[:200]!r})" if said and not said.startswith("<") else ""
+    return UpstreamError(
+        f"The upstream of model {route.id!r} answered 404 Not Found{answer} for {url}. Check "
+        "that this model's base_url in the gateway config ends where the OpenAI paths begin "
+        "(usually with /v1, e.g. http://127.0.0.1:11434/v1 for Ollama, "
+        "http://127.0.0.1:8000/v1 for vLLM), and that the upstream serves this endpoint.",
+        status=404,
+        type="invalid_request_error",
+        code="upstream_not_found",
+    )
 
 
 def _upstream_error(raw: bytes) -> tuple[dict[str, Any] | None, str]:
