@@ -21,6 +21,8 @@ from gateway.stream import StreamMerger, add_usage, new_call_id
 log = logging.getLogger("gateway.loop")
 
 RunCall = Callable[[str, str], Awaitable[str]]
+#: the gateway's functions to offer this round, given the conversation so far
+Offer = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 #: appended to the last round's messages (that round only): the tools are gone, answer now
 LIMIT_NOTE = (
@@ -56,7 +58,7 @@ class ToolLoop:
     def __init__(
         self,
         body: dict[str, Any],
-        gateway_tools: list[dict[str, Any]],
+        gateway_tools: list[dict[str, Any]] | Offer,
         backend: Backend,
         run_call: RunCall,
         settings: LoopSettings,
@@ -68,7 +70,9 @@ class ToolLoop:
         self.client_tools: list[Any] = tools if isinstance(tools, list) else []
         self.client_names = {_tool_name(t) for t in self.client_tools} - {None}
         # a client tool with the same name as a gateway function wins
-        self.gateway_tools = [t for t in gateway_tools if _tool_name(t) not in self.client_names]
+        self.offer: Offer = (
+            gateway_tools if callable(gateway_tools) else _fixed(gateway_tools, self.client_names)
+        )
         self.backend = backend
         self.run_call = run_call
         self.settings = settings
@@ -85,10 +89,14 @@ class ToolLoop:
         """The last round offers no gateway tools, so the model must answer."""
         return self.rounds >= self.settings.max_rounds
 
+    def gateway_tools(self) -> list[dict[str, Any]]:
+        """This round's gateway functions (a client tool of the same name wins)."""
+        return [t for t in self.offer(self.messages) if _tool_name(t) not in self.client_names]
+
     def request(self) -> dict[str, Any]:
         body = dict(self.body)
         body["messages"] = self.messages + [_LIMIT_MESSAGE] if self.final else self.messages
-        tools = self.client_tools + ([] if self.final else self.gateway_tools)
+        tools = self.client_tools + ([] if self.final else self.gateway_tools())
         if tools:
             body["tools"] = tools
             choice = body.get("tool_choice")
@@ -263,6 +271,12 @@ def _has_text(content: Any) -> bool:
     if isinstance(content, str):
         return bool(content.strip())
     return bool(content)
+
+
+def _fixed(tools: list[dict[str, Any]], client_names: set[str | None]) -> Offer:
+    """The same functions every round (a model without tool selection)."""
+    kept = [t for t in tools if _tool_name(t) not in client_names]
+    return lambda messages: kept
 
 
 def _tool_name(tool: Any) -> str | None:

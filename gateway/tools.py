@@ -11,10 +11,10 @@ from gateway.config import GatewayConfig, ModelConfig, ToolsetConfig
 from gateway.openapi.convert import Converter, Rename, build_tools, fresh_name
 from gateway.openapi.ir import Operation, Skipped, Tool
 from gateway.openapi.load import Fetch, Spec, load_spec
+from gateway.selection import FIND_TOOLS, Selector, build_selectors
 
 log = logging.getLogger("gateway.tools")
 OPENAI_MAX_TOOLS = 128
-FIND_TOOLS = "find_tools"  # the gateway's own search function (tool_selection.search)
 
 
 @dataclass
@@ -42,6 +42,10 @@ class ToolSet:
     reports: list[ToolsetReport]
     specs: dict[str, Spec]
     renames: list[Rename] = field(default_factory=list)
+    #: per model with ``tool_selection`` (and more functions than it offers at once)
+    selectors: dict[str, Selector] = field(default_factory=dict)
+    #: models with ``tool_selection`` (never offered more than their ``max_functions``)
+    selective: frozenset[str] = frozenset()
     _openai: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -73,7 +77,7 @@ class ToolSet:
                     "will fail until the toolset sets base_url"
                 )
         for model_id, tools in self.by_model.items():
-            if len(tools) > OPENAI_MAX_TOOLS:
+            if len(tools) > OPENAI_MAX_TOOLS and model_id not in self.selective:
                 out.append(
                     f"model {model_id} is offered {len(tools)} functions; OpenAI accepts "
                     f"at most {OPENAI_MAX_TOOLS} (narrow it with include/exclude)"
@@ -130,7 +134,15 @@ def convert_all(config: GatewayConfig, specs: dict[str, Spec]) -> ToolSet:
         if m.tools:
             by_model[m.id], renamed = model_tools(m, by_toolset)
             renames += renamed
-    result = ToolSet(by_toolset, by_model, reports, specs, renames)
+    result = ToolSet(
+        by_toolset,
+        by_model,
+        reports,
+        specs,
+        renames,
+        build_selectors(config.models, by_model),
+        selective=frozenset(m.id for m in config.models if m.tool_selection is not None),
+    )
     for warning in result.warnings():
         log.warning("%s", warning)
     return result
