@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from gateway.config import GatewayConfig, config_path, load_config
 from gateway.errors import ConfigError
 from gateway.openapi.load import fetch_with
-from gateway.tools import EMPTY, ToolSet, listing, load_tools
+from gateway.selection import Selector
+from gateway.tools import EMPTY, ToolSet, listing, load_tools, offered_listing
 from gateway.upstream import new_session
 
 log = logging.getLogger("gateway")
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     which = tools.add_mutually_exclusive_group()
     which.add_argument("--model", help="only the functions offered to this model id")
     which.add_argument("--toolset", help="only this toolset's functions")
+    tools.add_argument(
+        "--query",
+        help="with --model: what tool_selection would offer for this user message",
+    )
     tools.set_defaults(func=cmd_tools)
     return p
 
@@ -217,14 +222,38 @@ def load_tools_sync(config: GatewayConfig) -> ToolSet:
     return asyncio.run(go())
 
 
+async def selected(config: GatewayConfig, selector: Selector, query: str) -> list[dict]:
+    """What ``selector`` offers for one user message (embeddings fetched as when serving)."""
+    from gateway.loop_handler import embedder
+    from gateway.routing import Router
+    from gateway.upstream import Upstream
+
+    session = new_session()
+    try:
+        embed = None
+        if selector.embeddings is not None and selector.config.embedding_model:
+            router = Router(config)
+            chain = router.chain(router.resolve(selector.config.embedding_model))
+            embed = embedder(Upstream(session), chain, "")
+        offering = await selector.offering([{"role": "user", "content": query}], embed)
+    finally:
+        await session.close()
+    return offered_listing(selector, offering)
+
+
 def cmd_tools(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))
     if args.model is not None and config.model(args.model) is None:
         raise ConfigError("gateway tools", [f"--model: unknown model id {args.model!r}"])
     if args.toolset is not None and args.toolset not in {t.name for t in config.tools}:
         raise ConfigError("gateway tools", [f"--toolset: unknown toolset {args.toolset!r}"])
+    if args.query is not None and args.model is None:
+        raise ConfigError("gateway tools", ["--query needs --model"])
     logging.getLogger("gateway.tools").setLevel(logging.ERROR)  # warnings belong to `check`
     tools = load_tools_sync(config)
-    items = listing(tools, model=args.model, name=args.toolset)
+    if args.query is not None and args.model in tools.selectors:
+        items = asyncio.run(selected(config, tools.selectors[args.model], args.query))
+    else:
+        items = listing(tools, model=args.model, name=args.toolset)
     sys.stdout.write(json.dumps(items, indent=2, ensure_ascii=False) + "\n")
     return 0

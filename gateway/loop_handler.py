@@ -14,9 +14,10 @@ from aiohttp import web
 
 from gateway.edge import REQUEST_ID, SNAPSHOT, start_stream
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.loop import LoopSettings, ToolLoop
+from gateway.loop import LoopSettings, Offer, ToolLoop
 from gateway.openapi.ir import Tool
 from gateway.routing import Route
+from gateway.selection import FIND_TOOLS, Embed, Offering, SelectionUnavailable
 from gateway.state import UPSTREAM
 from gateway.stream import SSEParser
 from gateway.toolexec import ToolExecutor
@@ -41,7 +42,11 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
         request_id,
     )
 
+    offering = await _offering(request, route, body)
+
     async def run_call(name: str, arguments: str) -> str:
+        if offering is not None and name == FIND_TOOLS and offering.selector.find_tools:
+            return offering.find(arguments)  # the gateway's own function
         tool: Tool | None = offered.get(name)
         if tool is None:
             known = ", ".join(offered) or "none"
@@ -50,9 +55,10 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
 
     backend = UpstreamBackend(app[UPSTREAM], snapshot.router.chain(route), request_id)
     settings = LoopSettings(config.limits.max_tool_rounds, config.limits.keepalive_interval)
-    loop = ToolLoop(
-        body, toolset.openai_tools(route.id), backend, run_call, settings, request_id, route.id
+    gateway_tools: list[dict[str, Any]] | Offer = (
+        toolset.openai_tools(route.id) if offering is None else offering
     )
+    loop = ToolLoop(body, gateway_tools, backend, run_call, settings, request_id, route.id)
     if body.get("stream") is True:
         out = SSEOutput(request, backend)
         with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -62,6 +68,40 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
     headers = {**backend.headers, TOOL_CALLS_HEADER: str(loop.calls_executed)}
     headers["Content-Type"] = "application/json"
     return web.Response(body=orjson.dumps(response), headers=headers)
+
+
+async def _offering(request: web.Request, route: Route, body: dict[str, Any]) -> Offering | None:
+    """This request's selection of functions, for a model with ``tool_selection``."""
+    snapshot = request[SNAPSHOT]
+    selector = snapshot.tools.selectors.get(route.id)
+    if selector is None:
+        return None
+    embed = None
+    model = selector.config.embedding_model
+    if selector.embeddings is not None and model is not None:
+        chain = snapshot.router.chain(snapshot.router.resolve(model))
+        embed = embedder(request.app[UPSTREAM], chain, request[REQUEST_ID])
+    return await selector.offering(body["messages"], embed)
+
+
+def embedder(upstream: Upstream, chain: list[Route], request_id: str) -> Embed:
+    """Texts -> vectors through a model of this config, on ``/v1/embeddings``."""
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        reply = await upstream.call(
+            chain,
+            "/embeddings",
+            lambda route: orjson.dumps({"model": route.upstream_model, "input": texts}),
+            stream=False,
+            request_id=request_id,
+        )
+        data = _json_object(reply.body or b"", reply.route).get("data")
+        if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+            raise SelectionUnavailable("the embeddings reply has no data list")
+        ordered = sorted(data, key=lambda d: d.get("index", 0))
+        return [d.get("embedding") for d in ordered]  # checked by the selector
+
+    return embed
 
 
 def refuse_several_choices(body: dict[str, Any], route: Route) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,45 @@ class SelectionUnavailable(RuntimeError):
 # --- text -> terms -------------------------------------------------------------------------
 
 
+#: how users ask for what REST operations are named by (query words -> words to add)
+SYNONYMS = {
+    "open": "create",
+    "new": "create",
+    "make": "create",
+    "add": "create",
+    "start": "create",
+    "publish": "create",
+    "register": "create",
+    "write": "create update",
+    "show": "list get",
+    "see": "list get",
+    "what": "list get",
+    "which": "list get",
+    "read": "get",
+    "fetch": "get",
+    "view": "get",
+    "find": "list search",
+    "close": "update",
+    "edit": "update",
+    "change": "update",
+    "rename": "update",
+    "modify": "update",
+    "remove": "delete",
+    "cancel": "delete",
+    "me": "authenticated",
+    "my": "authenticated",
+    "i": "authenticated",
+    "mine": "authenticated",
+    "give": "add",
+    "invite": "add",
+    "trigger": "dispatch create",
+    "rerun": "run",
+    "pr": "pull request",
+    "prs": "pull request",
+    "repo": "repository",
+}
+
+
 class Terms:
     """Lower-cased, stemmed words: names split at case changes, ``_``, ``-`` and ``/``."""
 
@@ -59,8 +99,17 @@ class Terms:
         self._cache: dict[str, str] = {}
 
     def __call__(self, text: str) -> list[str]:
+        return self.stems(_WORD.findall(_CAMEL.sub(" ", text).lower()))
+
+    def query(self, text: str) -> list[str]:
+        """A user's words and the words operations use for them (``SYNONYMS``), once each."""
+        words = _WORD.findall(_CAMEL.sub(" ", text).lower())
+        extra = [w for word in words for w in SYNONYMS.get(word, "").split()]
+        return list(dict.fromkeys(self.stems(words + extra)))
+
+    def stems(self, words: list[str]) -> list[str]:
         out = []
-        for word in _WORD.findall(_CAMEL.sub(" ", text).lower()):
+        for word in words:
             if word in self._stop:
                 continue
             stem = self._cache.get(word)
@@ -78,7 +127,8 @@ def document(tool: Tool) -> str:
     body_props = body.get("properties") if isinstance(body, dict) else None
     parts = [
         tool.name,
-        tool.name,  # the name and summary say what it does: counted twice
+        tool.name,
+        tool.name,  # the name and summary say what it does: counted more
         op.summary,
         op.summary,
         op.description[:DESCRIPTION_CHARS],
@@ -154,26 +204,42 @@ class Bm25Index:
 
         total = np.zeros(self._bm25.scores["num_docs"], dtype=np.float32)
         for query, weight in zip(queries, QUERY_WEIGHTS, strict=False):
-            words = [w for w in dict.fromkeys(self.terms(query)) if w in self._vocab]
+            words = [w for w in self.terms.query(query) if w in self._vocab]
             if words:
                 total += weight * self._bm25.get_scores(words)
         return total
 
 
 class EmbeddingIndex:
-    """The functions' embeddings (normalised), fetched on first use through ``Embed``."""
+    """The functions' embeddings (normalised), fetched on first use through ``Embed``.
+
+    Requests arriving while they load wait for the same load. After a failed load, requests
+    use BM25 without trying again for ``RETRY_AFTER`` seconds.
+    """
+
+    RETRY_AFTER = 30.0
 
     def __init__(self, docs: list[str]) -> None:
         self.docs = docs
         self.matrix: np.ndarray | None = None
         self._loading: asyncio.Future[np.ndarray] | None = None
+        self._failed_at = float("-inf")
 
     async def ensure(self, embed: Embed) -> np.ndarray:
         if self.matrix is not None:
             return self.matrix
         if self._loading is None or self._loading.done():
+            waited = time.monotonic() - self._failed_at
+            if waited < self.RETRY_AFTER:
+                raise SelectionUnavailable(
+                    f"the functions' embeddings failed to load {waited:.0f} s ago"
+                )
             self._loading = asyncio.ensure_future(self._load(embed))
-        self.matrix = await asyncio.shield(self._loading)
+        try:
+            self.matrix = await asyncio.shield(self._loading)
+        except Exception:
+            self._failed_at = time.monotonic()
+            raise
         return self.matrix
 
     async def _load(self, embed: Embed) -> np.ndarray:
@@ -351,9 +417,7 @@ def _query_argument(arguments: str) -> str | None:
     return query.strip() if isinstance(query, str) and query.strip() else None
 
 
-def build_selectors(
-    models: Sequence[Any], by_model: dict[str, list[Tool]]
-) -> dict[str, Selector]:
+def build_selectors(models: Sequence[Any], by_model: dict[str, list[Tool]]) -> dict[str, Selector]:
     """A ``Selector`` for each model with ``tool_selection`` and more functions than it offers."""
     out = {}
     for m in models:

@@ -11,7 +11,7 @@ from gateway.config import GatewayConfig, ModelConfig, ToolsetConfig
 from gateway.openapi.convert import Converter, Rename, build_tools, fresh_name
 from gateway.openapi.ir import Operation, Skipped, Tool
 from gateway.openapi.load import Fetch, Spec, load_spec
-from gateway.selection import FIND_TOOLS, Selector, build_selectors
+from gateway.selection import FIND_TOOLS, Offering, Selector, build_selectors
 
 log = logging.getLogger("gateway.tools")
 OPENAI_MAX_TOOLS = 128
@@ -199,13 +199,25 @@ def listing(
         tools = toolset.for_model(model)
     else:
         tools = [t for ts, tools in toolset.by_toolset.items() if name in (None, ts) for t in tools]
-    return [
-        {
-            "toolset": t.toolset,
-            "operationId": t.operation.operation_id,
-            "method": t.operation.method,
-            "path": t.operation.path,
-            "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
-        }
-        for t in tools
-    ]
+    return [_item(t) for t in tools]
+
+
+def _item(t: Tool) -> dict[str, Any]:
+    return {
+        "toolset": t.toolset,
+        "operationId": t.operation.operation_id,
+        "method": t.operation.method,
+        "path": t.operation.path,
+        "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+    }
+
+
+def offered_listing(selector: Selector, offering: Offering) -> list[dict[str, Any]]:
+    """``gateway tools --query``: the functions offered first, as ``listing`` shows them."""
+    items = [_item(selector.tools[selector.index[name]]) for name in offering.ranked]
+    if selector.find_tools is not None:
+        fn = selector.find_tools["function"]
+        items.append(
+            {"toolset": None, "operationId": None, "method": None, "path": None, "function": fn}
+        )
+    return items
