@@ -92,10 +92,21 @@ def edge() -> Callable[[Handler], Handler]:
 
 def http_error(request: web.Request, status: int, reason: str) -> web.Response:
     code = "not_found" if status == 404 else None
-    body = error_body(
-        f"{request.method} {request.path}: {reason}", "invalid_request_error", None, code
-    )
+    message = f"{request.method} {request.path}: {reason}"
+    if status == 413:
+        code = "request_too_large"
+        message = f"{request.method} {request.path}: {too_large(request)}"
+    body = error_body(message, "invalid_request_error", None, code)
     return json_error(status, orjson.dumps(body))
+
+
+def too_large(request: web.Request) -> str:
+    """What a 413 says: the limit, the key that sets it, what to do."""
+    limit = request[SNAPSHOT].config.server.max_request_bytes
+    return (
+        f"the request body is larger than {limit:,} bytes (server.max_request_bytes). Send "
+        "a smaller body, or raise server.max_request_bytes in the gateway config."
+    )
 
 
 def json_error(status: int, body: bytes) -> web.Response:

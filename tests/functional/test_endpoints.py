@@ -145,3 +145,20 @@ async def test_non_post_openai_path_says_the_gateway_routes_by_body_model(
     assert "'model' named in its JSON body" in message
     assert "send those to the upstream directly" in message
     assert up.received == []
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings"])
+async def test_body_over_max_request_bytes_is_a_413_naming_the_setting(
+    fake_upstream, make_gateway, path
+):
+    up = await fake_upstream()
+    gw = await make_gateway({"server": {"max_request_bytes": 1000}, "models": [model("m", up)]})
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * 2000}], "input": "x"}
+    async with aiohttp.ClientSession() as s, s.post(gw.url + path, json=big) as r:
+        body = await r.json()
+        assert r.status == 413
+    assert_valid("ErrorResponse", body)
+    message = body["error"]["message"]
+    assert "server.max_request_bytes" in message and "1,000 bytes" in message
+    assert body["error"]["code"] == "request_too_large"
+    assert up.received == []
