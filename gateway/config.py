@@ -263,6 +263,7 @@ class GatewayConfig(_Model):
         """What works but will fail at request time (``check`` prints, ``serve`` logs)."""
         out = []
         for m in self.models:
+            out += _missing_v1(m)
             if m.api_key is not None and not m.api_key.get_secret_value():
                 hint = self.key_hints.get(m.id)
                 todo = f"set {' or '.join(hint)}" if hint else "set it in the config"
@@ -271,6 +272,32 @@ class GatewayConfig(_Model):
 
 
 _RESERVED = frozenset({"base_dir", "key_hints"})
+
+#: default ports of local OpenAI-compatible servers, which all serve the API under /v1
+_LOCAL_SERVERS = {
+    11434: "Ollama",
+    8000: "vLLM",
+    1234: "LM Studio",
+    8080: "llama.cpp's server",
+    5000: "text-generation-webui",
+}
+
+
+def _missing_v1(m: ModelConfig) -> list[str]:
+    """The classic mistake: a local server's base_url without its /v1 (every request a 404)."""
+    parts = urlsplit(m.base_url)
+    try:
+        server = _LOCAL_SERVERS.get(parts.port or 0)
+    except ValueError:
+        return []
+    if server is None or parts.path.rstrip("/").endswith("/v1"):
+        return []
+    fixed = m.base_url.rstrip("/") + "/v1"
+    return [
+        f"model {m.id}: base_url {m.base_url} does not end with /v1, where {server} (port "
+        f"{parts.port}) serves the OpenAI API; every request would get a 404. "
+        f"Use base_url: {fixed}"
+    ]
 
 
 # --- interpolation -----------------------------------------------------------------------

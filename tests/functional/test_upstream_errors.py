@@ -9,6 +9,8 @@ import pytest
 from conftest import Reply, model
 from openai_schema import assert_valid
 
+from gateway.config import build_config
+
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
@@ -103,3 +105,35 @@ async def test_model_with_unset_key_variable_falls_back_like_an_unreachable_one(
     with pytest.raises(openai.AuthenticationError) as e:
         await oai(gw).chat.completions.create(model="a", messages=MESSAGES)
     assert "UNSET_PRIMARY_KEY" in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("base_url", "server"),
+    [
+        ("http://127.0.0.1:11434", "Ollama"),
+        ("http://localhost:8000/", "vLLM"),
+        ("http://ollama:11434/api", "Ollama"),
+        ("http://127.0.0.1:1234", "LM Studio"),
+        ("http://127.0.0.1:8080", "llama.cpp"),
+    ],
+)
+def test_check_warns_when_a_local_server_base_url_lacks_v1(tmp_path, base_url, server):
+    config = build_config({"models": [{"id": "local", "base_url": base_url}]}, "cfg", tmp_path)
+    [warning] = config.warnings()
+    assert warning.startswith("model local: base_url") and server in warning
+    assert f"Use base_url: {base_url.rstrip('/')}/v1" in warning
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://127.0.0.1:11434/v1",
+        "http://127.0.0.1:8000/v1/",
+        "https://api.openai.com/v1",
+        "http://127.0.0.1:9999",
+        "http://gw:8080/openai/v1",
+    ],
+)
+def test_check_is_quiet_about_base_urls_with_v1_or_unknown_ports(tmp_path, base_url):
+    config = build_config({"models": [{"id": "m", "base_url": base_url}]}, "cfg", tmp_path)
+    assert config.warnings() == []
