@@ -240,7 +240,10 @@ class ToolLoop:
         if reason in (None, "tool_calls") and not client:
             reason = "stop"
         if self.final and not client and not answered:
-            await out.write(stream.event(merger.chunk({"content": self.limit_reached()})))
+            # text of earlier rounds already went out: the note starts a paragraph of its own
+            earlier = self.messages[len(self.body["messages"]) :]
+            sep = "\n\n" if any(_has_text(m.get("content")) for m in earlier) else ""
+            await out.write(stream.event(merger.chunk({"content": sep + self.limit_reached()})))
             reason = "length"
         await out.write(stream.event(merger.chunk({}, reason)))
         if merger.include_usage and merger.usage is not None:

@@ -368,7 +368,8 @@ async def test_round_limit_is_never_a_silent_empty_answer(setup, caplog, stream)
     """A model still calling tools after the limit: finish_reason length and a message saying so."""
     up, gw, client = await setup(limits={"max_tool_rounds": 1})
     looping = calls(("getWeather", {"location": "X"}))
-    up.push(looping, looping)  # the last round calls again instead of answering
+    earlier = calls(("getWeather", {"location": "X"}), content="Looking.")
+    up.push(earlier, looping)  # the last round calls again instead of answering
     caplog.set_level(logging.WARNING, "gateway.loop")
     if stream:
         raw, _ = await raw_stream(gw, {"model": "m", "messages": USER})
@@ -380,11 +381,13 @@ async def test_round_limit_is_never_a_silent_empty_answer(setup, caplog, stream)
         finishes = [ch["finish_reason"] for c in chunks for ch in c["choices"]]
         assert [f for f in finishes if f] == ["length"]
         assert sum("role" in d for d in deltas) == 1 and raw.endswith(b"data: [DONE]\n\n")
+        assert text.startswith("Looking.\n\nThe gateway's tool-round limit")
     else:
         done = await client.chat.completions.create(model="m", messages=USER)
         assert done.choices[0].finish_reason == "length"
         assert done.choices[0].message.tool_calls is None
         text = done.choices[0].message.content
+        assert text.startswith("The gateway's tool-round limit")  # the last round's message only
     assert "tool-round limit (1 rounds, limits.max_tool_rounds) was reached" in text
     assert "no answer after the tool round limit (1)" in caplog.text
     # the last round told the model the tools are exhausted, that round only
