@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
+from gateway import __version__
 from gateway.config import GatewayConfig, config_path, load_config
 from gateway.errors import ConfigError
 from gateway.openapi.load import fetch_with
@@ -29,14 +32,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        return code
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # ``gateway check | head``: the reader has what it wanted; everything was loaded and
+        # checked before the first line was printed, so this is no failure of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    p.add_argument("--version", action="version", version=f"gateway {__version__}")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -82,11 +93,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     log.info("config %s: %d model(s), %d toolset(s)", path, len(config.models), len(config.tools))
+    for warning in config.warnings():
+        log.warning("%s", warning)
     tools = load_tools_sync(config)  # bad specs fail here, with their file named
     if args.workers <= 1:
-        run(config, host, port, reuse_port=False, tools=tools)
+        try:
+            run(config, host, port, reuse_port=False, tools=tools)
+        except OSError as e:
+            raise _listen_error(e, host, port) from None
         return 0
     return serve_workers(str(path), host, port, args.workers, args.log_level)
+
+
+def _listen_error(e: OSError, host: str, port: int) -> ConfigError:
+    """A socket that cannot be bound: say why and what to change, not a traceback."""
+    fixes = {
+        errno.EADDRINUSE: "another process is already listening on this port; stop it, or "
+        "choose another port with --port or server.port",
+        errno.EACCES: "this user may not listen on this port (ports below 1024 need "
+        "privileges); choose another port with --port or server.port",
+        errno.EADDRNOTAVAIL: "this machine has no such address; use --host or server.host "
+        "(127.0.0.1 for this machine only, 0.0.0.0 for every interface)",
+    }
+    reason = fixes.get(e.errno or 0, f"{e.strerror or e}; check --host/--port")
+    return ConfigError(f"{host}:{port}", [reason], headline="cannot listen")
 
 
 def serve_workers(path: str, host: str, port: int, workers: int, level: str) -> int:
@@ -163,8 +193,11 @@ def _install_uvloop() -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Load everything first (config, then every spec), and print only once all is known."""
     path = config_path(args.config)
     config = load_config(path)
+    logging.getLogger("gateway.tools").setLevel(logging.ERROR)  # printed below, once
+    tools = load_tools_sync(config)
     print(f"{path}: OK")
     print(
         f"server: http://{config.server.host}:{config.server.port} "
@@ -176,18 +209,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             extras.append(f"fallbacks: {', '.join(m.fallbacks)}")
         if m.tools:
             extras.append(f"tools: {', '.join(m.tools)}")
-        if m.api_key is not None and not m.api_key.get_secret_value():
-            hint = config.key_hints.get(m.id)
-            extras.append(
-                "WARNING: empty api_key" + (f" (set {' or '.join(hint)})" if hint else "")
-            )
         tail = f" [{'; '.join(extras)}]" if extras else ""
         print(f"model {m.id} -> {m.base_url} as {m.upstream_model or m.id}{tail}")
-    return _check_tools(config)
+    _print_tools(tools)
+    for warning in config.warnings() + tools.warnings():
+        print(f"WARNING: {warning}")
+    return 0
 
 
-def _check_tools(config: GatewayConfig) -> int:
-    tools = load_tools_sync(config)
+def _print_tools(tools: ToolSet) -> None:
     for r in tools.reports:
         print(
             f"toolset {r.name} ({r.spec}, {_version_name(r.version)}): {r.converted} "
@@ -198,9 +228,6 @@ def _check_tools(config: GatewayConfig) -> int:
         print(f"model {model_id} is offered {len(offered)} function(s)")
     for rename in tools.renames:
         print(f"renamed: {rename}")
-    for warning in tools.warnings():
-        print(f"WARNING: {warning}")
-    return 0
 
 
 def _version_name(version: str) -> str:

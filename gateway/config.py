@@ -267,7 +267,12 @@ class GatewayConfig(_Model):
             if m.api_key is not None and not m.api_key.get_secret_value():
                 hint = self.key_hints.get(m.id)
                 todo = f"set {' or '.join(hint)}" if hint else "set it in the config"
-                out.append(f"model {m.id}: api_key is empty ({todo}); it is not called without one")
+                then = (
+                    f"its requests go to its fallbacks ({', '.join(m.fallbacks)})"
+                    if m.fallbacks
+                    else "its requests get a 401 upstream_api_key_missing"
+                )
+                out.append(f"model {m.id}: api_key is empty ({todo}); {then} until it is set")
         return out
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig, ModelConfig, ToolsetConfig
+from gateway.errors import ConfigError
 from gateway.openapi.convert import Converter, Rename, build_tools, fresh_name
 from gateway.openapi.ir import Operation, Skipped, Tool
-from gateway.openapi.load import Fetch, Spec, load_spec
+from gateway.openapi.load import Fetch, Spec, SpecError, is_url, load_spec
 from gateway.selection import FIND_TOOLS, Offering, Selector, build_selectors
 
 log = logging.getLogger("gateway.tools")
@@ -92,7 +94,7 @@ async def load_tools(config: GatewayConfig, fetch: Fetch | None = None) -> ToolS
     """Load every toolset's spec (concurrently) and convert them, in config order."""
     if not config.tools:
         return EMPTY
-    specs = await asyncio.gather(
+    loaded = await asyncio.gather(
         *(
             load_spec(
                 t.spec,
@@ -102,9 +104,29 @@ async def load_tools(config: GatewayConfig, fetch: Fetch | None = None) -> ToolS
                 headers={k: v.get_secret_value() for k, v in t.spec_headers.items()},
             )
             for t in config.tools
-        )
+        ),
+        return_exceptions=True,
     )
-    return convert_all(config, dict(zip([t.name for t in config.tools], specs, strict=True)))
+    specs: dict[str, Spec] = {}
+    problems = []
+    for i, (ts, result) in enumerate(zip(config.tools, loaded, strict=True)):
+        if isinstance(result, SpecError):
+            problems.append(_spec_problem(i, ts, result, config.base_dir))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            specs[ts.name] = result
+    if problems:
+        count = f"{len(problems)} of {len(config.tools)} toolset spec(s)"
+        raise ConfigError("tools", problems, headline=f"{count} could not be loaded")
+    return convert_all(config, specs)
+
+
+def _spec_problem(i: int, ts: ToolsetConfig, e: SpecError, base_dir: Path) -> str:
+    """Every bad spec, named by its toolset, its key and the file or URL actually read."""
+    where = ts.spec if is_url(ts.spec) else str((base_dir / ts.spec).resolve())
+    inner = "" if e.source in (ts.spec, where) else f"in {e.source}: "
+    return f"toolset {ts.name} (tools[{i}].spec = {where}): {inner}{e.problems[0]}"
 
 
 def convert_all(config: GatewayConfig, specs: dict[str, Spec]) -> ToolSet:

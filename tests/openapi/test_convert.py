@@ -1015,7 +1015,7 @@ async def test_missing_file_is_named(tmp_path):
     config = build_config({"tools": [{"name": "t", "spec": "nope.yaml"}]}, "cfg", tmp_path)
     with pytest.raises(ConfigError) as e:
         await load_tools(config)
-    assert "nope.yaml: cannot read the file" in str(e.value)
+    assert "nope.yaml): cannot read the file" in str(e.value)
 
 
 # --- gateway tools / check ------------------------------------------------------------------
