@@ -222,6 +222,7 @@ class ToolsetConfig(_Model):
     schema_detail: Literal["compact", "full"] = "compact"
     #: sent when fetching the spec and its remote refs on the spec's own origin
     spec_headers: dict[str, SecretStr] = {}
+    max_concurrency: int = Field(8, ge=1, le=1024)  # requests to this toolset at a time
 
     @field_validator("base_url")
     @classmethod
@@ -241,6 +242,7 @@ class ToolsetConfig(_Model):
 
 class LimitsConfig(_Model):
     max_tool_rounds: int = Field(8, ge=1, le=100)
+    max_tool_calls_per_round: int = Field(16, ge=1, le=1024)
     max_tool_response_bytes: int = Field(32 * 1024, ge=256)
     max_description_length: int = Field(1024, ge=16)
     keepalive_interval: float = Field(10.0, gt=0)
@@ -373,6 +375,19 @@ _LITELLM_PARAMS = {
 }
 
 
+#: LiteLLM providers that speak OpenAI's API at an ``api_base`` the entry must give
+_OPENAI_COMPATIBLE = frozenset(
+    {"hosted_vllm", "lm_studio", "llamafile", "litellm_proxy", "custom_openai"}
+)
+#: model names LiteLLM routes to OpenAI without a prefix; others (``claude-...``) it
+#: routes to their own provider, whose key must not be sent to OpenAI
+_OPENAI_NAMES = re.compile(
+    r"^(gpt-|chatgpt-|o\d|text-embedding-|dall-e-|whisper-|tts-|omni-moderation-"
+    r"|text-moderation-|davinci-|babbage-|codex-|computer-use-)"
+)
+OPENAI_BASE = "https://api.openai.com/v1"
+
+
 def from_litellm(raw: dict[str, Any]) -> dict[str, Any]:
     """Convert LiteLLM's ``model_list`` form into ours (``os.environ/NAME`` -> ``${NAME}``)."""
     out = {k: v for k, v in raw.items() if k not in ("model_list", "general_settings")}
@@ -381,6 +396,10 @@ def from_litellm(raw: dict[str, Any]) -> dict[str, Any]:
     for i, entry in enumerate(raw.get("model_list") or []):
         if not isinstance(entry, dict) or "model_name" not in entry:
             problems.append(f"model_list[{i}]: needs model_name and litellm_params")
+            continue
+        problem = _litellm_provider_problem(entry)
+        if problem:
+            problems.append(f"model_list[{i}] ({entry['model_name']}): {problem}")
             continue
         model, unknown = _litellm_model(entry)
         models.append(model)
@@ -415,16 +434,64 @@ def _check_master_key(master: Any) -> None:
         )
 
 
-_LITELLM_KEYS = ("model", "api_base", "api_key", "timeout", "max_retries", "extra_headers")
+def _litellm_provider(lp: dict[str, Any], model: str) -> tuple[str | None, str]:
+    """(provider, the model name the provider knows), from ``provider/name`` or
+    ``custom_llm_provider``; no provider when the name has no prefix."""
+    if lp.get("custom_llm_provider"):
+        return str(lp["custom_llm_provider"]), model
+    provider, slash, name = model.partition("/")
+    return (provider, name) if slash else (None, model)
+
+
+def _litellm_provider_problem(entry: dict[str, Any]) -> str | None:
+    """Why the gateway cannot call this entry's provider where LiteLLM would, if it cannot.
+
+    The gateway speaks only OpenAI's API. An entry is converted only when the key goes to
+    the host it was meant for: OpenAI (``openai/`` or an OpenAI model name), or the
+    ``api_base`` of an OpenAI-compatible provider.
+    """
+    lp = entry.get("litellm_params")
+    lp = lp if isinstance(lp, dict) else {}
+    model = str(lp.get("model", entry["model_name"]))
+    provider, _ = _litellm_provider(lp, model)
+    has_base = bool(lp.get("api_base"))
+    hint = "use 'openai/<model>' with the api_base of an OpenAI-compatible server"
+    if provider == "openai":
+        return None
+    if provider in _OPENAI_COMPATIBLE:
+        return None if has_base else f"provider {provider!r} needs an api_base; {hint}"
+    if provider is not None:
+        return (
+            f"model {model!r}: provider {provider!r} is not OpenAI-compatible, and the gateway "
+            f"speaks only OpenAI's API (its key would go to the wrong host); {hint}"
+        )
+    if has_base or _OPENAI_NAMES.match(model):
+        return None
+    return (
+        f"model {model!r} has no provider prefix and is not an OpenAI model name, so LiteLLM "
+        f"would send it to another provider; {hint}, or 'openai/{model}' for OpenAI"
+    )
+
+
+_LITELLM_KEYS = (
+    "model",
+    "custom_llm_provider",
+    "api_base",
+    "api_key",
+    "timeout",
+    "max_retries",
+    "extra_headers",
+)
 
 
 def _litellm_model(entry: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     lp = dict(entry.get("litellm_params") or {})
-    upstream = str(lp.pop("model", entry["model_name"]))
+    _, upstream = _litellm_provider(lp, str(lp.pop("model", entry["model_name"])))
+    lp.pop("custom_llm_provider", None)
     model: dict[str, Any] = {
         "id": entry["model_name"],
-        "upstream_model": upstream.removeprefix("openai/"),
-        "base_url": _env_ref(lp.pop("api_base", "https://api.openai.com/v1"), None),
+        "upstream_model": upstream,
+        "base_url": _env_ref(lp.pop("api_base", OPENAI_BASE), None),
     }
     if "api_key" in lp:
         model["api_key"] = _env_ref(lp.pop("api_key"), "")

@@ -50,6 +50,7 @@ class Output(Protocol):
 class LoopSettings:
     max_rounds: int = 8
     keepalive_interval: float = 10.0
+    max_calls_per_round: int = 16
 
 
 class ToolLoop:
@@ -125,11 +126,23 @@ class ToolLoop:
         return ours, client
 
     async def run_calls(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """All calls of a round at once; one tool message per call, in the calls' order."""
+        """All calls of a round at once (up to the cap); one tool message per call, in order."""
+        limit = self.settings.max_calls_per_round
+        run, excess = calls[:limit], calls[limit:]
+        if excess:
+            log.warning(
+                "request %s: the model made %d calls in one round; the %d past "
+                "max_tool_calls_per_round (%d) were not executed",
+                self.request_id,
+                len(calls),
+                len(excess),
+                limit,
+            )
         results = await asyncio.gather(
-            *(self.run_call(c["function"]["name"], c["function"]["arguments"]) for c in calls)
+            *(self.run_call(c["function"]["name"], c["function"]["arguments"]) for c in run)
         )
-        self.calls_executed += len(calls)
+        self.calls_executed += len(run)
+        results += [_not_run(c, limit) for c in excess]
         return [
             {"role": "tool", "tool_call_id": c["id"], "content": r}
             for c, r in zip(calls, results, strict=True)
@@ -280,6 +293,14 @@ def _fixed(tools: list[dict[str, Any]], client_names: set[str | None]) -> Offer:
     """The same functions every round (a model without tool selection)."""
     kept = [t for t in tools if _tool_name(t) not in client_names]
     return lambda messages: kept
+
+
+def _not_run(call: dict[str, Any], limit: int) -> str:
+    return (
+        f"Error: {call['function']['name']} was not called: at most {limit} function calls "
+        "are run per round (the gateway's limits.max_tool_calls_per_round). Call it again "
+        "in a later round if you still need it."
+    )
 
 
 def _tool_name(tool: Any) -> str | None:

@@ -40,6 +40,8 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
         snapshot.toolsets,
         config.limits.max_tool_response_bytes,
         request_id,
+        redactor=snapshot.redactor,
+        gates=snapshot.tool_gates,
     )
 
     offering = await _offering(request, route, body)
@@ -54,7 +56,11 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
         return (await executor.run(tool, arguments)).content
 
     backend = UpstreamBackend(app[UPSTREAM], snapshot.router.chain(route), request_id)
-    settings = LoopSettings(config.limits.max_tool_rounds, config.limits.keepalive_interval)
+    settings = LoopSettings(
+        config.limits.max_tool_rounds,
+        config.limits.keepalive_interval,
+        config.limits.max_tool_calls_per_round,
+    )
     gateway_tools: list[dict[str, Any]] | Offer = (
         toolset.openai_tools(route.id) if offering is None else offering
     )

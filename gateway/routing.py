@@ -10,6 +10,7 @@ import aiohttp
 
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.errors import ModelNotFound, UpstreamKeyMissing
+from gateway.redact import Redactor, for_config, model_secrets
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Route:
     #: defaults for other endpoints, by path after ``/v1`` without its slash (``embeddings``)
     endpoint_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     has_key: bool = True  # an api_key is configured (even an empty one)
+    #: every secret of the config, for what this upstream sends back (its error bodies)
+    redactor: Redactor = field(default=Redactor(()), compare=False, repr=False)
     host: str = field(init=False)
     #: ready-made per-request values (the hot path only copies them)
     send_headers: dict[str, str] = field(init=False)
@@ -82,7 +85,9 @@ def _path_params(
     return {path: values for path, values in out.items() if values}
 
 
-def build_route(m: ModelConfig, key_hints: list[str] | None = None) -> Route:
+def build_route(
+    m: ModelConfig, key_hints: list[str] | None = None, redactor: Redactor | None = None
+) -> Route:
     headers = dict(m.headers)
     problem = None
     if m.api_key is not None:
@@ -109,13 +114,16 @@ def build_route(m: ModelConfig, key_hints: list[str] | None = None) -> Route:
         key_problem=problem,
         endpoint_params={k: dict(v) for k, v in m.endpoint_params.items()},
         has_key=m.api_key is not None,
+        redactor=Redactor(model_secrets(m)) if redactor is None else redactor,
     )
 
 
 class Router:
     def __init__(self, config: GatewayConfig) -> None:
+        #: every secret the config holds (see ``gateway.redact``), built once
+        self.redactor = for_config(config)
         self.routes: dict[str, Route] = {
-            m.id: build_route(m, config.key_hints.get(m.id)) for m in config.models
+            m.id: build_route(m, config.key_hints.get(m.id), self.redactor) for m in config.models
         }
         self._chains = {
             r.id: [r, *(self.routes[f] for f in r.fallbacks)] for r in self.routes.values()

@@ -12,6 +12,7 @@ global or a separate app key.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from gateway.config import GatewayConfig, ToolsetConfig
+from gateway.redact import Redactor
 from gateway.routing import Router
 from gateway.tools import EMPTY, ToolSet
 from gateway.upstream import Upstream
@@ -38,6 +40,10 @@ class Snapshot:
     client_keys: tuple[bytes, ...]
     #: toolset configs by name
     toolsets: dict[str, ToolsetConfig]
+    #: per toolset, at most ``max_concurrency`` tool requests at a time (all requests share it)
+    tool_gates: dict[str, asyncio.Semaphore]
+    #: every secret of the config in every wire form (``gateway.redact``); the router's
+    redactor: Redactor
     #: ``GET /v1/models`` and ``GET /v1/models/{id}`` bodies, serialised once
     models_body: bytes
     model_cards: dict[str, bytes]
@@ -52,12 +58,15 @@ class Snapshot:
             m.id: {"id": m.id, "object": "model", "created": created, "owned_by": "gateway"}
             for m in config.models
         }
+        router = Router(config)
         return cls(
             config=config,
-            router=Router(config),
+            router=router,
             tools=tools if tools is not None else EMPTY,
             client_keys=tuple(k.get_secret_value().encode() for k in config.server.api_keys),
             toolsets={t.name: t for t in config.tools},
+            tool_gates={t.name: asyncio.Semaphore(t.max_concurrency) for t in config.tools},
+            redactor=router.redactor,
             models_body=orjson.dumps({"object": "list", "data": list(cards.values())}),
             model_cards={k: orjson.dumps(v) for k, v in cards.items()},
             digest=config_digest(config),

@@ -3,32 +3,46 @@
 The only code that talks to tool servers. Scheme, host and port come from the toolset's
 ``base_url`` or the spec's servers, never from the model's arguments; path values are
 percent-encoded per segment and may not change the path; redirects are followed only to the
-same origin. Every failure (bad arguments, timeout, connection error, error status) becomes
-a tool message telling the model what happened, so it can correct itself.
+same origin and under the base URL's path. Credentials are applied last, in one place
+(``apply_credentials``), and no model-chosen value can override, remove or imitate them.
+Every failure (bad arguments, timeout, connection error, error status, a value or redirect
+the HTTP stack refuses) becomes a tool message telling the model what happened, so it can
+correct itself; every tool message is redacted (``gateway.redact``) before it is cut.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
+import contextlib
 import logging
+import posixpath
+import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import BasicAuth, ToolsetConfig
 from gateway.openapi.ir import Body, Param, Tool
+from gateway.redact import Redactor, is_credential_header
 
 log = logging.getLogger("gateway.toolexec")
 
 MAX_REDIRECTS = 5
 _UNRESERVED = "-._~"
-_RESERVED = ":/?#[]@!$&'()*+,;="
+#: kept as they are in an ``allowReserved`` query value; ``& = # ; +`` are always encoded,
+#: since they would end the value, add parameters or drop the rest of the URL (credentials)
+_RESERVED_KEPT = ":/?[]@!$'()*,"
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NO_REDACTION = Redactor(())
 _TEXTUAL = ("json", "xml", "text/", "javascript", "yaml", "csv", "html", "x-www-form-urlencoded")
 
 
@@ -47,13 +61,34 @@ class ToolResult:
 class Request:
     method: str
     url: str  # fully percent-encoded
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: bytes | aiohttp.FormData | None
     log_url: str  # without credentials
+    base: str  # the server URL: redirects stay under it
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One credential a call carries: where it goes, its name there, its value as sent."""
+
+    location: Literal["header", "query", "cookie"]
+    name: str
+    value: str
+
+    def claims(self, location: str, name: str) -> bool:
+        """Would a parameter ``name`` in ``location`` set or shadow this credential?"""
+        key = name.strip().lower()
+        if (location, key, self.location) == ("header", "cookie", "cookie"):
+            return True  # a Cookie header would replace the cookie credential
+        return location == self.location and key == self.name.lower()
 
 
 class ToolExecutor:
-    """Runs calls for one request: knows the toolsets, the session and the limits."""
+    """Runs calls for one request: knows the toolsets, the session and the limits.
+
+    ``gates`` holds one semaphore per toolset (from the config snapshot, shared by all
+    requests): at most ``max_concurrency`` requests to a toolset's server at a time.
+    """
 
     def __init__(
         self,
@@ -61,25 +96,31 @@ class ToolExecutor:
         toolsets: dict[str, ToolsetConfig],
         max_bytes: int,
         request_id: str = "",
+        *,
+        redactor: Redactor = _NO_REDACTION,
+        gates: Mapping[str, asyncio.Semaphore] | None = None,
     ) -> None:
         self.session = session
         self.toolsets = toolsets
         self.max_bytes = max_bytes
         self.request_id = request_id
+        self.redactor = redactor
+        self.gates = gates or {}
         self.executed = 0
 
     async def run(self, tool: Tool, arguments: str) -> ToolResult:
         started = time.perf_counter()
+        toolset = self.toolsets[tool.toolset]
         try:
             args = parse_arguments(tool, arguments)
-            request = build_request(tool, args, self.toolsets[tool.toolset])
+            request = build_request(tool, args, toolset)
         except ArgumentError as e:
             log.info("tool %s: rejected arguments (request %s): %s", tool.name, self.request_id, e)
-            return ToolResult(f"Error: {e}")
+            return ToolResult(self.redactor.redact(f"Error: {e}"))
         self.executed += 1
-        toolset = self.toolsets[tool.toolset]
-        result = await self._send(toolset, request)
-        result.content = scrub_secrets(result.content, toolset)
+        gate = self.gates.get(tool.toolset)
+        async with gate if gate is not None else contextlib.nullcontext():
+            result = await self._send(toolset, request)
         log.info(
             "tool call request_id=%s function=%s method=%s url=%s status=%s ms=%.1f bytes=%d",
             self.request_id,
@@ -107,6 +148,11 @@ class ToolExecutor:
                 f"Error: could not reach {urlsplit(request.log_url).netloc} for "
                 f"{request.method} {request.log_url}: {reason}."
             )
+        except (ValueError, UnicodeError) as e:  # the HTTP stack refused a value
+            reason = self.redactor.redact(str(e)) if type(e) is ValueError else type(e).__name__
+            return ToolResult(
+                f"Error: {request.method} {request.log_url} could not be sent: {reason}."
+            )
 
     async def _follow(self, request: Request, timeout: aiohttp.ClientTimeout) -> ToolResult:
         method, url, body, headers = request.method, request.url, request.body, request.headers
@@ -121,36 +167,49 @@ class ToolExecutor:
             ) as resp:
                 location = resp.headers.get("Location")
                 if resp.status in (301, 302, 303, 307, 308) and location:
-                    target = urljoin(url, location)
-                    if _origin(target) != _origin(url):
+                    target, refused = redirect_target(url, location, request.base)
+                    if refused:
                         return ToolResult(
-                            f"HTTP {resp.status}\nRedirect to another host ({_origin(target)}) "
-                            "was not followed.",
+                            f"HTTP {resp.status}\nRedirect to {refused} was not followed.",
                             resp.status,
                         )
                     if resp.status in (301, 302, 303) and method != "HEAD":
                         method, body = "GET", None
                     url = target
                     continue
-                return await read_result(resp, self.max_bytes)
+                return await read_result(resp, self.max_bytes, self.redactor)
         return ToolResult(f"Error: more than {MAX_REDIRECTS} redirects.")
 
 
-def scrub_secrets(text: str, toolset: ToolsetConfig) -> str:
-    """Hide the toolset's credentials in what a tool server sent back (echo endpoints do)."""
-    auth = toolset.auth
-    if auth is None:
-        return text
-    if auth.type == "bearer":
-        secrets = [auth.token.get_secret_value()]
-    elif auth.type == "basic":
-        secrets = [_basic_token(auth), auth.password.get_secret_value()]
-    else:
-        secrets = [auth.value.get_secret_value()]
-    for secret in secrets:
-        if len(secret) >= 4 and secret in text:
-            text = text.replace(secret, "[redacted]")
-    return text
+def redirect_target(url: str, location: str, base: str) -> tuple[str, str | None]:
+    """The URL a redirect points to, and why it is refused (None when it may be followed).
+
+    Followed only to the same scheme, host and port, and under the base URL's path (after
+    percent-decoding and resolving ``.``/``..``, as a server would); a ``Location`` that is
+    not a valid URL is refused, never an exception.
+    """
+    try:
+        target = urljoin(url, location.strip())
+        origin = _origin(target)
+        same = origin == _origin(url)
+        path = _server_path(urlsplit(target).path)
+        URL(target, encoded=True)
+    except ValueError:
+        return "", "an invalid URL"
+    if not same:
+        return "", f"another host ({origin})"
+    prefix = urlsplit(base).path.rstrip("/")
+    if prefix and path != prefix and not path.startswith(prefix + "/"):
+        return "", f"a path outside {prefix}/"
+    if _CONTROL.search(target) or any(c.isspace() for c in target):
+        return "", "an invalid URL"
+    return target.partition("#")[0], None
+
+
+def _server_path(path: str) -> str:
+    """A path as a lenient server sees it: decoded (twice), ``\\`` as ``/``, dots resolved."""
+    decoded = unquote(unquote(path)).replace("\\", "/")
+    return "/" + posixpath.normpath("/" + decoded).lstrip("/")
 
 
 def _origin(url: str) -> str:
@@ -197,7 +256,13 @@ def parse_arguments(tool: Tool, arguments: str) -> dict[str, Any]:
 # --- the request ---------------------------------------------------------------------------
 
 
-def build_request(tool: Tool, args: dict[str, Any], toolset: ToolsetConfig) -> Request:
+def build_request(
+    tool: Tool,
+    args: dict[str, Any],
+    toolset: ToolsetConfig,
+    credentials: Sequence[Credential] | None = None,
+) -> Request:
+    """The request for one call; ``credentials`` default to the toolset's (``credentials_for``)."""
     op = tool.operation
     base = toolset.base_url or op.server
     if not base or not base.startswith(("http://", "https://")):
@@ -205,9 +270,10 @@ def build_request(tool: Tool, args: dict[str, Any], toolset: ToolsetConfig) -> R
             f"toolset {toolset.name} has no server URL for {op.label}; "
             "the gateway's config must set its base_url."
         )
+    creds = credentials_for(toolset) if credentials is None else credentials
     path = op.path
     query: list[tuple[str, str, bool]] = []  # name, value, allow_reserved
-    headers: dict[str, str] = dict(toolset.headers)
+    headers: CIMultiDict[str] = CIMultiDict()
     cookies: list[str] = []
     for param in op.params:
         if param.arg not in args or args[param.arg] is None:
@@ -221,21 +287,62 @@ def build_request(tool: Tool, args: dict[str, Any], toolset: ToolsetConfig) -> R
             headers[param.name] = header_value(param, value)
         else:
             cookies.append(f"{param.name}={quote(_scalar(value, param), safe='')}")
+    _refuse_claimed(creds, query, headers, cookies)
+    headers.update(toolset.headers)  # configured headers win over the model's
     body, content_type = (None, None)
     if op.body is not None and args.get(op.body.arg) is not None:
         body, content_type = encode_body(op.body, args[op.body.arg])
     if content_type:
         headers["Content-Type"] = content_type
     log_query = _query_string(query)
-    secret_query = _apply_auth(toolset, headers, cookies, query)
+    apply_credentials(creds, headers, cookies, query)
     if cookies:
         headers["Cookie"] = "; ".join(cookies)
     qs = _query_string(query)
     url = base.rstrip("/") + path + (f"?{qs}" if qs else "")
     log_url = base.rstrip("/") + path + (f"?{log_query}" if log_query else "")
-    if secret_query:
-        log_url += ("&" if log_query else "?") + f"{secret_query}=[redacted]"
-    return Request(op.method, url, headers, body, log_url)
+    for cred in creds:
+        if cred.location == "query":
+            log_url += ("&" if "?" in log_url else "?") + f"{_enc(cred.name)}=[redacted]"
+    return Request(op.method, url, headers, body, log_url, base)
+
+
+def credentials_for(toolset: ToolsetConfig) -> list[Credential]:
+    """The toolset's credentials: its ``auth``, and its configured credential headers."""
+    creds = [
+        Credential("header", name, value)
+        for name, value in toolset.headers.items()
+        if is_credential_header(name)
+    ]
+    auth = toolset.auth
+    if auth is None:
+        return creds
+    if auth.type == "bearer":
+        return [
+            *creds,
+            Credential("header", "Authorization", f"Bearer {auth.token.get_secret_value()}"),
+        ]
+    if auth.type == "basic":
+        return [*creds, Credential("header", "Authorization", "Basic " + _basic_token(auth))]
+    return [*creds, Credential(auth.type, auth.name, auth.value.get_secret_value())]
+
+
+def _refuse_claimed(
+    creds: Sequence[Credential],
+    query: list[tuple[str, str, bool]],
+    headers: CIMultiDict[str],
+    cookies: list[str],
+) -> None:
+    """A model-chosen parameter named like a credential would override or shadow it."""
+    chosen = [("query", name) for name, _, _ in query]
+    chosen += [("header", name) for name in headers]
+    chosen += [("cookie", c.partition("=")[0]) for c in cookies]
+    for location, name in chosen:
+        if any(cred.claims(location, name) for cred in creds):
+            raise ArgumentError(
+                f"the {location} parameter {name!r} is set by the gateway's configuration "
+                "and cannot be chosen in the arguments; leave it out."
+            )
 
 
 def _basic_token(auth: BasicAuth) -> str:
@@ -243,31 +350,24 @@ def _basic_token(auth: BasicAuth) -> str:
     return base64.b64encode(raw).decode()
 
 
-def _apply_auth(
-    toolset: ToolsetConfig,
-    headers: dict[str, str],
+def apply_credentials(
+    creds: Sequence[Credential],
+    headers: CIMultiDict[str],
     cookies: list[str],
     query: list[tuple[str, str, bool]],
-) -> str | None:
-    auth = toolset.auth
-    if auth is None:
-        return None
-    if auth.type == "bearer":
-        headers["Authorization"] = f"Bearer {auth.token.get_secret_value()}"
-    elif auth.type == "basic":
-        headers["Authorization"] = "Basic " + _basic_token(auth)
-    elif auth.type == "header":
-        headers[auth.name] = auth.value.get_secret_value()
-    elif auth.type == "cookie":
-        cookies.append(f"{auth.name}={quote(auth.value.get_secret_value(), safe='')}")
-    else:
-        query.append((auth.name, auth.value.get_secret_value(), False))
-        return auth.name
-    return None
+) -> None:
+    """The one place credentials go into a request: last, replacing anything of their name."""
+    for cred in creds:
+        if cred.location == "header":
+            headers[cred.name] = cred.value
+        elif cred.location == "cookie":
+            cookies.append(f"{cred.name}={quote(cred.value, safe='')}")
+        else:
+            query.append((cred.name, cred.value, False))
 
 
 def _enc(text: str, allow_reserved: bool = False) -> str:
-    return quote(text, safe=_UNRESERVED + (_RESERVED if allow_reserved else ""))
+    return quote(text, safe=_UNRESERVED + (_RESERVED_KEPT if allow_reserved else ""))
 
 
 def _query_string(pairs: list[tuple[str, str, bool]]) -> str:
@@ -359,8 +459,17 @@ def header_value(param: Param, value: Any) -> str:
         text = ",".join(f"{k}={_scalar(v)}" for k, v in value.items())
     else:
         text = ",".join(s for k, v in value.items() for s in (str(k), _scalar(v)))
-    if "\r" in text or "\n" in text:
-        raise ArgumentError(f"the header parameter {param.arg} may not contain line breaks.")
+    if _CONTROL.search(text):
+        raise ArgumentError(
+            f"the header parameter {param.arg} may not contain line breaks or other control "
+            "characters."
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ArgumentError(
+            f"the header parameter {param.arg} contains characters that cannot be sent."
+        ) from None
     return text
 
 
@@ -398,8 +507,14 @@ def _form_pairs(body: Body, key: str, value: Any) -> list[tuple[str, str]]:
 # --- the response --------------------------------------------------------------------------
 
 
-async def read_result(resp: aiohttp.ClientResponse, max_bytes: int) -> ToolResult:
-    """Status line and body, JSON compacted, text as text, binary as a note; capped."""
+async def read_result(
+    resp: aiohttp.ClientResponse, max_bytes: int, redactor: Redactor = _NO_REDACTION
+) -> ToolResult:
+    """Status line and body, JSON compacted, text as text, binary as a note; capped.
+
+    Redacted before it is cut; a body read only up to the cap loses a tail that begins a
+    secret (its rest was never read, so the redactor could not see it whole).
+    """
     data = bytearray()
     complete = True
     async for chunk in resp.content.iter_chunked(65536):
@@ -413,11 +528,13 @@ async def read_result(resp: aiohttp.ClientResponse, max_bytes: int) -> ToolResul
         note = f"[binary response: {ctype or 'unknown type'}, {_size(resp, data, complete)}]"
         return ToolResult(f"{head}\n{note}", resp.status, len(data))
     text = _body_text(bytes(data), ctype, complete)
+    if not complete:
+        text = redactor.drop_partial(text)
+    text = redactor.redact(text)
     if len(text.encode()) > max_bytes or not complete:
-        cut = text.encode()[:max_bytes].decode("utf-8", "ignore")
         text = (
-            f"{cut}\n…[truncated: the response was {_size(resp, data, complete)}; "
-            f"only the first {max_bytes} bytes are shown]"
+            f"{redactor.cut(text, max_bytes)}\n…[truncated: the response was "
+            f"{_size(resp, data, complete)}; only the first {max_bytes} bytes are shown]"
         )
     return ToolResult(f"{head}\n{text}" if text else head, resp.status, len(data))
 
@@ -440,6 +557,8 @@ def _body_text(data: bytes, ctype: str, complete: bool) -> str:
             return orjson.dumps(orjson.loads(data)).decode()
         except orjson.JSONDecodeError:
             pass
+    if not complete:  # cut mid-body: a character cut in half is left out, not replaced
+        return codecs.getincrementaldecoder("utf-8")("replace").decode(data)
     return data.decode("utf-8", "replace")
 
 

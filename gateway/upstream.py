@@ -30,6 +30,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from gateway.redact import Redactor
 from gateway.routing import Route
 
 log = logging.getLogger("gateway.upstream")
@@ -240,13 +241,11 @@ async def error_from_response(route: Route, resp: aiohttp.ClientResponse) -> Ups
     status = resp.status
     if status in (401, 403):
         return _key_refused(route, status)
-    error, message = _upstream_error(raw)
+    error, message = _upstream_error(raw, route.redactor)
     if status == 404 and _wrong_path(error, message):
-        return _path_not_found(route, resp, scrub(message, route))
-    message = scrub(message or f"HTTP {status} from the upstream of model {route.id!r}", route)
+        return _path_not_found(route, resp, message)
+    message = message or f"HTTP {status} from the upstream of model {route.id!r}"
     etype = "invalid_request_error" if status < 500 else "upstream_error"
-    if error is not None:
-        error = {k: (scrub(v, route) if isinstance(v, str) else v) for k, v in error.items()}
     return UpstreamError(message, error=error, status=status, type=etype, code=None)
 
 
@@ -300,11 +299,17 @@ def _path_not_found(route: Route, resp: aiohttp.ClientResponse, said: str) -> Up
     )
 
 
-def _upstream_error(raw: bytes) -> tuple[dict[str, Any] | None, str]:
-    try:
-        data = orjson.loads(raw)
+def _upstream_error(raw: bytes, redactor: Redactor) -> tuple[dict[str, Any] | None, str]:
+    """The error object and message of an upstream error body, every secret redacted.
+
+    Upstreams that echo the request put the key anywhere (``error.details``, lists, a
+    plain-text body): a JSON body is redacted in every string, keys included, whatever its
+    structure and escapes; any other body as text, before it is cut.
+    """
+    try:  # orjson's own serialisation holds each string in one form the redactor knows
+        data = orjson.loads(redactor.redact(orjson.dumps(orjson.loads(raw)).decode()))
     except orjson.JSONDecodeError:
-        return None, raw.decode("utf-8", "replace").strip()[:2000]
+        return None, redactor.redact(raw.decode("utf-8", "replace")).strip()[:2000]
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
@@ -312,13 +317,4 @@ def _upstream_error(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         for key in ("error", "message", "detail"):
             if isinstance(data.get(key), str):
                 return None, data[key]
-    return None, raw.decode("utf-8", "replace").strip()[:2000]
-
-
-def scrub(text: str, route: Route) -> str:
-    """Remove the route's key from text an upstream sends back (some echo it)."""
-    auth = route.headers.get("Authorization", "")
-    key = auth.removeprefix("Bearer ")
-    if key and key in text:
-        text = text.replace(key, "[redacted]")
-    return text
+    return None, redactor.redact(raw.decode("utf-8", "replace")).strip()[:2000]

@@ -521,3 +521,62 @@ def test_litellm_master_key_naming_an_unset_variable_is_an_error(monkeypatch):
     monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-m")
     config = build_config(raw, "cfg", Path("."))
     assert [k.get_secret_value() for k in config.server.api_keys] == ["sk-m"]
+
+
+def _litellm(*entries: dict) -> list[str]:
+    return problems({"model_list": list(entries)})
+
+
+@pytest.mark.parametrize(
+    "model", ["anthropic/claude-3-5-sonnet", "azure/gpt-4o", "bedrock/anthropic.claude-v2"]
+)
+def test_litellm_anthropic_prefix_is_a_config_error(model):
+    """The gateway speaks OpenAI's API only: that entry's key would go to the wrong host."""
+    entry = {"model_name": "c", "litellm_params": {"model": model, "api_key": "k"}}
+    [found] = _litellm({"model_name": "ok", "litellm_params": {"model": "gpt-4o"}}, entry)
+    provider = model.split("/")[0]
+    assert found.startswith(f"model_list[1] (c): model {model!r}: provider {provider!r}")
+    assert "not OpenAI-compatible" in found and "openai/<model>" in found
+
+
+def test_litellm_bare_non_openai_model_name_is_a_config_error():
+    [found] = _litellm({"model_name": "c", "litellm_params": {"model": "claude-3-opus"}})
+    assert "model_list[0] (c): model 'claude-3-opus' has no provider prefix" in found
+
+
+def test_litellm_openai_compatible_prefix_needs_an_api_base():
+    [found] = _litellm({"model_name": "v", "litellm_params": {"model": "hosted_vllm/llama"}})
+    assert found.startswith("model_list[0] (v): provider 'hosted_vllm' needs an api_base")
+
+
+def test_litellm_openai_compatible_prefixes_are_converted():
+    config = build_config(
+        {
+            "model_list": [
+                {
+                    "model_name": "v",
+                    "litellm_params": {
+                        "model": "hosted_vllm/meta/llama",
+                        "api_base": "http://v/v1",
+                    },
+                },
+                {
+                    "model_name": "c",
+                    "litellm_params": {
+                        "model": "my-model",
+                        "custom_llm_provider": "openai",
+                        "api_base": "http://c/v1",
+                    },
+                },
+                {"model_name": "o", "litellm_params": {"model": "gpt-4o-mini"}},
+            ]
+        },
+        "litellm.yaml",
+        Path("."),
+    )
+    routes = [(m.upstream_model, m.base_url) for m in config.models]
+    assert routes == [
+        ("meta/llama", "http://v/v1"),
+        ("my-model", "http://c/v1"),
+        ("gpt-4o-mini", "https://api.openai.com/v1"),
+    ]
