@@ -473,15 +473,7 @@ def _litellm_provider_problem(entry: dict[str, Any]) -> str | None:
     )
 
 
-_LITELLM_KEYS = (
-    "model",
-    "custom_llm_provider",
-    "api_base",
-    "api_key",
-    "timeout",
-    "max_retries",
-    "extra_headers",
-)
+_LITELLM_KEYS = ("model", "api_base", "api_key", "timeout", "max_retries", "extra_headers")
 
 
 def _litellm_model(entry: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
