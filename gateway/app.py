@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import handlers
+from gateway import handlers, server
 from gateway.config import GatewayConfig
 from gateway.edge import edge
 from gateway.openapi.load import fetch_with
@@ -24,7 +24,11 @@ CONFIG_AT_START = web.AppKey("config_at_start", GatewayConfig)
 
 def create_app(config: GatewayConfig, tools: ToolSet | None = None) -> web.Application:
     """The app; ``tools`` already loaded (the CLI does that), else loaded at start-up."""
-    app = web.Application(client_max_size=config.server.max_request_bytes)
+    app = web.Application(
+        client_max_size=config.server.max_request_bytes,
+        handler_args=server.handler_args(config.server),
+    )
+    server.answer_protocol_errors(app)
     app[CONFIG_AT_START] = config
     if tools is not None or not config.tools:
         app[STATE] = State(Snapshot.build(config, tools))

@@ -117,6 +117,11 @@ class ServerConfig(_Model):
     port: int = Field(8080, ge=0, le=65535)
     api_keys: list[SecretStr] = []
     max_request_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    #: seconds a connection has to send a request's headers (from its opening or from the
+    #: end of its previous response); idle keep-alive connections are closed after it too
+    header_timeout: float = Field(15.0, gt=0)
+    #: seconds a client has to send a whole request body
+    body_timeout: float = Field(60.0, gt=0)
 
     @field_validator("api_keys")
     @classmethod
@@ -142,6 +147,11 @@ class ModelConfig(_Model):
     endpoint_params: dict[str, dict[str, Any]] = {}
     headers: dict[str, str] = {}
     timeout: float = Field(60.0, gt=0)
+    #: seconds for a whole client request on this model: every round, retry, fallback and
+    #: tool call, and a stream to its end
+    request_timeout: float = Field(600.0, gt=0)
+    #: largest upstream response body read (decompressed), and largest stream event parsed
+    max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     retries: int = Field(0, ge=0, le=10)
     backoff: float = Field(0.5, ge=0, description="first retry delay in seconds, doubled each time")
     fallbacks: list[str] = []

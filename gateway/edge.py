@@ -67,7 +67,7 @@ def edge() -> Callable[[Handler], Handler]:
             except GatewayError as e:
                 if (started := _started_stream(request)) is not None:
                     return await _end_stream(started, e)
-                response = json_error(e.status, e.body_bytes())
+                response = error_response(e)
             except web.HTTPException as e:
                 if e.status < 400:
                     raise
@@ -107,6 +107,13 @@ def too_large(request: web.Request) -> str:
         f"the request body is larger than {limit:,} bytes (server.max_request_bytes). Send "
         "a smaller body, or raise server.max_request_bytes in the gateway config."
     )
+
+
+def error_response(error: GatewayError) -> web.Response:
+    response = json_error(error.status, error.body_bytes())
+    if error.status == 408:
+        response.force_close()  # the rest of the body may never come
+    return response
 
 
 def json_error(status: int, body: bytes) -> web.Response:

@@ -9,7 +9,6 @@ the route asks for a change, and relays the upstream's bytes to the client untou
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,9 +17,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway import loop_handler, stream
+from gateway import codec, loop_handler, stream
 from gateway.edge import REQUEST_ID, SNAPSHOT, Handler, start_stream
 from gateway.errors import InvalidRequest, NotFound, UnsupportedMediaType, error_body
+from gateway.intake import confined_tail, read_body
 from gateway.routing import Route
 from gateway.state import UPSTREAM
 from gateway.upstream import BodyFor, Reply, midstream_error
@@ -121,7 +121,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def other_endpoint(request: web.Request) -> web.StreamResponse:
     """Any other OpenAI POST endpoint whose JSON body names a configured model."""
-    tail = request.match_info["tail"]
+    tail = confined_tail(request)
     if request.content_type.startswith("multipart/"):
         raise UnsupportedMediaType(
             f"POST {request.path}: the gateway proxies JSON requests that name a model; "
@@ -133,17 +133,13 @@ async def other_endpoint(request: web.Request) -> web.StreamResponse:
 
 
 async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        try:  # orjson refuses integers past 64 bits; the standard library does not
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            what = "empty" if not raw else f"not valid JSON ({e})"
-            raise InvalidRequest(f"The request body is {what}; send a JSON object.") from None
+    server = request[SNAPSHOT].config.server
+    raw = await read_body(request, server.max_request_bytes, server.body_timeout)
+    body = codec.loads(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if codec.keys_disagree(raw, body):
+        raw = codec.dumps(body)  # what goes upstream is what the gateway routed on
     return raw, body
 
 
@@ -168,16 +164,9 @@ def body_for(raw: bytes, body: dict[str, Any], path: str) -> BodyFor:
     def build(route: Route) -> bytes:
         if route.upstream_model == body.get("model") and not route.params_for(path):
             return raw
-        return dumps(route.rewrite(body, path))
+        return codec.dumps(route.rewrite(body, path))
 
     return build
-
-
-def dumps(obj: Any) -> bytes:
-    try:
-        return orjson.dumps(obj)
-    except TypeError:  # integers past 64 bits
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def proxy(
@@ -191,7 +180,7 @@ async def proxy(
         body_for(raw, body, path),
         stream=wants_stream,
         request_id=request[REQUEST_ID],
-        query=request.query_string,
+        query=request.rel_url.raw_query_string,
     )
     if reply.body is not None:
         return web.Response(status=reply.status, body=reply.body, headers=reply.client_headers())

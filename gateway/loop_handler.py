@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway import codec
 from gateway.edge import REQUEST_ID, SNAPSHOT, start_stream
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.loop import LoopSettings, Offer, ToolLoop
@@ -161,7 +162,7 @@ class UpstreamBackend:
         self.headers: dict[str, str] = {}
 
     def _body_for(self, body: dict[str, Any]) -> Any:
-        return lambda route: orjson.dumps(route.rewrite(body))
+        return lambda route: codec.dumps(route.rewrite(body))
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         reply = await self.upstream.call(

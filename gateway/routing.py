@@ -21,6 +21,8 @@ class Route:
     params: dict[str, Any]
     headers: dict[str, str]  # extra headers plus Authorization, ready to send
     timeout: float
+    request_timeout: float
+    max_response_bytes: int
     retries: int
     backoff: float
     fallbacks: tuple[str, ...]
@@ -107,6 +109,8 @@ def build_route(
         params=dict(m.params),
         headers=headers,
         timeout=m.timeout,
+        request_timeout=m.request_timeout,
+        max_response_bytes=m.max_response_bytes,
         retries=m.retries,
         backoff=m.backoff,
         fallbacks=tuple(m.fallbacks),

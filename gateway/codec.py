@@ -1,0 +1,88 @@
+"""JSON request bodies in and out: orjson, and a clear 400 for what it cannot carry.
+
+A body nested deeper than orjson reads (1,024 levels), one with a lone surrogate
+(``"\\ud800"``), or one too deep to write back after a rewrite is the client's error: each
+is an ``InvalidRequest`` saying what is wrong, never a ``RecursionError`` or a
+``UnicodeEncodeError`` escaping as a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+from gateway.errors import InvalidRequest
+
+#: orjson reads at most this many levels of nesting
+MAX_DEPTH = 1024
+# a key written with an escape (``"mod\\u0065l":``): its parsed form differs from its bytes
+_ESCAPED_KEY = re.compile(rb'\\[^"]*"\s*:')
+
+
+def loads(raw: bytes) -> Any:
+    """The parsed body; every way it can fail is a 400 naming the problem."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(_why_not_json(raw, str(e))) from None
+
+
+def _why_not_json(raw: bytes, reason: str) -> str:
+    if not raw.strip():
+        return "The request body is empty; send a JSON object."
+    if "depth limit" in reason:
+        return (
+            f"The request body is nested deeper than {MAX_DEPTH} levels of arrays and "
+            "objects; the gateway does not read it."
+        )
+    if "surrogate" in reason:
+        return (
+            "The request body has a lone UTF-16 surrogate escape (such as \\ud800) in a "
+            f"string, which is not valid Unicode ({reason})."
+        )
+    return f"The request body is not valid JSON ({reason}); send a JSON object."
+
+
+def dumps(obj: Any) -> bytes:
+    """A body the gateway rewrote, as bytes; too deep or not Unicode is a 400."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # orjson writes at most 254 levels; the standard library goes deeper
+        pass
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    except RecursionError:
+        raise InvalidRequest(
+            "The request is nested too deeply for the gateway to rewrite it for the "
+            "upstream; flatten its arrays and objects."
+        ) from None
+    except (UnicodeEncodeError, ValueError, TypeError) as e:
+        raise InvalidRequest(f"The request cannot be written as JSON: {e}") from None
+
+
+def keys_disagree(raw: bytes, body: dict[str, Any]) -> bool:
+    """Whether the raw bytes might mean something other than ``body`` to another parser.
+
+    True when a top-level key is repeated (``{"model":"a","model":"b"}``: the gateway
+    routes by the last, some servers keep the first) or written with escapes. Cheap on the
+    hot path: one count per top-level key and one regular-expression scan; only a body
+    that these flag is parsed a second time, to be sure.
+    """
+    for key in body:
+        if raw.count(b'"' + key.encode() + b'"') != 1:
+            return _repeated_keys(raw)
+    return _ESCAPED_KEY.search(raw) is not None and _repeated_keys(raw)
+
+
+def _repeated_keys(raw: bytes) -> bool:
+    try:
+        pairs = json.loads(raw, object_pairs_hook=lambda p: p)
+    except (ValueError, RecursionError):
+        return True
+    if not isinstance(pairs, list):
+        return False
+    keys = [k for k, _ in pairs]
+    return len(set(keys)) != len(keys)
