@@ -78,8 +78,8 @@ def test_errors_name_exact_key_paths():
         in found
     )
     assert (
-        "server.colour: unknown key (known keys here: api_keys, host, max_request_bytes, port)"
-        in found
+        "server.colour: unknown key (known keys here: api_keys, body_timeout, header_timeout, "
+        "host, max_request_bytes, port)" in found
     )
     assert any(p.startswith("models[0].timeout: Input should be a valid number") for p in found)
     assert (
