@@ -496,8 +496,9 @@ def test_env_index_past_the_list_says_how_to_add_it(monkeypatch):
 def test_env_unknown_key_suggests_the_variable(monkeypatch):
     monkeypatch.setenv("GATEWAY_SERVER__PROT", "9000")
     assert problems({}) == [
-        "GATEWAY_SERVER__PROT: 'prot' is not a key of server (keys: api_keys, host, "
-        "max_request_bytes, port); did you mean GATEWAY_SERVER__PORT?"
+        "GATEWAY_SERVER__PROT: 'prot' is not a key of server (keys: api_keys, "
+        "body_timeout, header_timeout, host, max_request_bytes, port); "
+        "did you mean GATEWAY_SERVER__PORT?"
     ]
 
 
