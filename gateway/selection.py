@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.config import ToolSelectionConfig
+from gateway.openapi.compact import plain
 from gateway.openapi.ir import Tool
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ def document(tool: Tool) -> str:
 def one_line(tool: Tool, limit: int = 160) -> str:
     """A function's first line of summary or description, for ``find_tools`` answers."""
     op = tool.operation
-    text = (op.summary or op.description or tool.description).strip().split("\n", 1)[0]
+    text = plain(op.summary or op.description or tool.description).split("\n", 1)[0]
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 

@@ -149,7 +149,8 @@ def convert_all(config: GatewayConfig, specs: dict[str, Spec]) -> ToolSet:
             [] if ts.base_url else [op.label for op, _ in done if not _absolute(op.server)],
         )
         reports.append(report)
-        by_toolset[ts.name], renamed = build_tools(done, ts.prefix, limit)
+        compact = ts.schema_detail == "compact"
+        by_toolset[ts.name], renamed = build_tools(done, ts.prefix, limit, compact)
         renames += renamed
     by_model = {}
     for m in config.models:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from gateway.config import BasicAuth, BearerAuth, ToolsetConfig
+from gateway.openapi.compact import compact, plain
 from gateway.openapi.ir import BODY_ARG, Body, Operation, Param, Skipped, Tool
 from gateway.openapi.load import Spec
 from gateway.openapi.schema import SchemaError, Schemas
@@ -162,7 +163,8 @@ class Converter:
             server=self._server(op, item),
             deprecated=op.get("deprecated") is True,
         )
-        return operation, _parameters_schema(params, body)
+        schema = _parameters_schema(params, body)
+        return operation, compact(schema) if self.config.schema_detail == "compact" else schema
 
     def _merged_params(
         self, common: list[Any], own: Any, resolver: Resolver[Any]
@@ -446,8 +448,8 @@ def fresh_name(op: Operation, name: str, taken: set[str]) -> str:
     return candidate
 
 
-def description(op: Operation, limit: int) -> str:
-    parts = [p for p in (op.summary, op.description) if p]
+def description(op: Operation, limit: int, compact: bool = False) -> str:
+    parts = [plain(p) if compact else p for p in (op.summary, op.description) if p]
     if len(parts) == 2 and parts[1].startswith(parts[0]):
         parts = parts[1:]
     text = "\n\n".join(parts) or f"{op.method} {op.path}"
@@ -460,7 +462,10 @@ def description(op: Operation, limit: int) -> str:
 
 
 def build_tools(
-    converted: list[tuple[Operation, dict[str, Any]]], prefix: str, limit: int
+    converted: list[tuple[Operation, dict[str, Any]]],
+    prefix: str,
+    limit: int,
+    compact: bool = False,
 ) -> tuple[list[Tool], list[Rename]]:
     """One toolset's operations -> tools with names unique within the toolset.
 
@@ -480,5 +485,5 @@ def build_tools(
             )
             renames.append(Rename(op.toolset, op.label, wanted, name, why))
         taken.add(name)
-        tools.append(Tool(name, description(op, limit), params, op))
+        tools.append(Tool(name, description(op, limit, compact), params, op))
     return tools, renames

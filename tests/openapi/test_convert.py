@@ -251,7 +251,7 @@ async def test_parameter_details_and_locations(tmp_path):
             }
         }
     )
-    tools = await convert(tmp_path, doc)
+    tools = await convert(tmp_path, doc, schema_detail="full")
     params = fn(tools, "getItem")["parameters"]
     assert params["required"] == ["id"]  # path parameters are always required
     assert list(params["properties"]) == [
@@ -494,7 +494,7 @@ async def test_schema_normalisation(tmp_path):
         },
         components,
     )
-    tools = await convert(tmp_path, doc)
+    tools = await convert(tmp_path, doc, schema_detail="full")
     body = fn(tools, "addPet")["parameters"]["properties"]["requestBody"]
     assert body == {
         "type": "object",
@@ -690,7 +690,7 @@ async def test_cycles_are_cut_and_say_so(tmp_path):
             },
         }
     }
-    tools = await convert(tmp_path, doc)
+    tools = await convert(tmp_path, doc, schema_detail="full")
     body = fn(tools, "tree")["parameters"]["properties"]["requestBody"]
     assert body["properties"]["children"]["items"] == {
         "description": "Node: recursive schema, not expanded further here"
