@@ -138,15 +138,25 @@ class ToolLoop:
                 len(excess),
                 limit,
             )
-        results = await asyncio.gather(
-            *(self.run_call(c["function"]["name"], c["function"]["arguments"]) for c in run)
-        )
+        results = await asyncio.gather(*(self._run_one(c) for c in run))
         self.calls_executed += len(run)
         results += [_not_run(c, limit) for c in excess]
         return [
             {"role": "tool", "tool_call_id": c["id"], "content": r}
             for c, r in zip(calls, results, strict=True)
         ]
+
+    async def _run_one(self, call: dict[str, Any]) -> str:
+        """One call; a failure inside the gateway is a tool message too (the tool boundary)."""
+        name = call["function"]["name"]
+        try:
+            return await self.run_call(name, call["function"]["arguments"])
+        except Exception:
+            log.exception("request %s: running %s failed inside the gateway", self.request_id, name)
+            return (
+                f"Error: the gateway failed while running {name} (an internal error, logged "
+                "there); the call may not have reached the tool's server."
+            )
 
     async def next_round(
         self, content: str | None, calls: list[dict[str, Any]], results: list[dict[str, Any]]

@@ -197,7 +197,9 @@ class UpstreamBackend:
                     if payload.strip() == b"[DONE]":
                         return
                     chunk = _parse_chunk(payload)
-                    if chunk is not None:
+                    if chunk is not None and "error" in chunk:  # passed on: may echo a key
+                        chunk = route.redactor.redact_json(chunk)
+                    if isinstance(chunk, dict):
                         yield chunk
         except (asyncio.TimeoutError, aiohttp.ClientError) as e:
             raise midstream_error(route, e) from None

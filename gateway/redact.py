@@ -29,7 +29,10 @@ import html
 import json
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 from urllib.parse import quote, quote_plus
+
+import orjson
 
 from gateway.config import BasicAuth, GatewayConfig, ModelConfig, ToolsetConfig
 
@@ -69,6 +72,23 @@ class Redactor:
             if pattern is not None:
                 text = pattern.sub(MARK, text)
         return text
+
+    def redact_json(self, value: Any) -> Any:
+        """A parsed JSON value with every string redacted, keys included, at any depth.
+
+        Serialised by orjson, every string is in one form the redactor knows (escapes
+        resolved), so one pass over that text is enough.
+        """
+        if self._pattern is None:
+            return value
+        text = orjson.dumps(value).decode()
+        redacted = self._pattern.sub(MARK, text)
+        if redacted == text:
+            return value
+        try:
+            return orjson.loads(redacted)
+        except orjson.JSONDecodeError:  # a secret spanning JSON syntax: keep nothing of it
+            return MARK
 
     def drop_partial(self, text: str) -> str:
         """``text`` without a tail that begins a secret's form (or the ``[redacted]`` mark).

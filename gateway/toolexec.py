@@ -485,6 +485,8 @@ def encode_body(body: Body, value: Any) -> tuple[bytes | aiohttp.FormData, str |
             raise ArgumentError("requestBody must be an object for a multipart body.")
         form = aiohttp.FormData(default_to_multipart=True)
         for k, v in value.items():
+            if _CONTROL.search(str(k)):
+                raise ArgumentError(f"the form field name {str(k)!r} has control characters.")
             for item in v if isinstance(v, list) else [v]:
                 form.add_field(str(k), _scalar(item))
         return form, None  # aiohttp sets the boundary

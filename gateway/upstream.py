@@ -306,8 +306,8 @@ def _upstream_error(raw: bytes, redactor: Redactor) -> tuple[dict[str, Any] | No
     plain-text body): a JSON body is redacted in every string, keys included, whatever its
     structure and escapes; any other body as text, before it is cut.
     """
-    try:  # orjson's own serialisation holds each string in one form the redactor knows
-        data = orjson.loads(redactor.redact(orjson.dumps(orjson.loads(raw)).decode()))
+    try:
+        data = redactor.redact_json(orjson.loads(raw))
     except orjson.JSONDecodeError:
         return None, redactor.redact(raw.decode("utf-8", "replace")).strip()[:2000]
     if isinstance(data, dict):

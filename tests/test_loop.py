@@ -123,3 +123,18 @@ async def test_round_limit_with_an_answer_keeps_the_answer():
     result, _, _ = await run(script, {}, max_rounds=1)
     choice = result["choices"][0]
     assert choice["finish_reason"] == "stop" and choice["message"]["content"] == "what I have"
+
+
+async def test_a_gateway_failure_while_running_a_call_is_a_tool_message():
+    """The tool boundary: whatever a call raises, the model gets a message, not the client a 500."""
+    script = Script(reply(None, "ours"), reply("ok"))
+
+    async def run_call(name: str, arguments: str) -> str:
+        raise RuntimeError("a bug")
+
+    loop = ToolLoop(
+        {"messages": [{"role": "user", "content": "hi"}]}, TOOLS, script, run_call, LoopSettings()
+    )
+    await loop.complete()
+    [tool] = [m for m in script.requests[1]["messages"] if m["role"] == "tool"]
+    assert tool["content"].startswith("Error: the gateway failed while running ours")

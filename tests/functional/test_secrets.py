@@ -12,12 +12,13 @@ import json
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+import aiohttp
 import openai
 import pytest
 from aiohttp import web
-from conftest import Reply, model, start_app
+from conftest import Reply, chunk, model, start_app
 from openai_schema import assert_valid
-from test_tool_loop import USER, answer, calls, tool_messages
+from test_tool_loop import USER, answer, calls, events, tool_messages
 
 SECRET = "tok/en+1=&é#x"  # every character that encodes differently in some form
 
@@ -53,6 +54,21 @@ SPEC: dict[str, Any] = {
         "/big": _op("big", {"name": "pad", "in": "query", "schema": {"type": "integer"}}),
         "/go": _op("go", {"name": "to", **_Q}),
         "/slow": _op("slow"),
+        "/upload": {
+            "post": {
+                "operationId": "upload",
+                "requestBody": {
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            }
+                        }
+                    }
+                },
+            }
+        },
     },
 }
 
@@ -362,3 +378,24 @@ async def test_control_character_header_value_is_a_tool_message(gateway, echo_se
         "characters."
     )
     assert echo_server.paths == []
+
+
+async def test_multipart_field_name_with_control_characters_is_a_tool_message(gateway, echo_server):
+    content = await call_tool(gateway, "upload", {"requestBody": {"a\r\nX-Evil: 1": "v"}})
+    assert content.startswith("Error: the form field name")
+    assert echo_server.paths == []
+
+
+async def test_upstream_error_event_in_a_tool_loop_stream_is_redacted(gateway):
+    up, client = await gateway()
+    error = {"message": "boom", "details": [{"auth": "Bearer sk-upstream-secret"}]}
+    up.push(Reply(chunks=[chunk({"role": "assistant", "content": ""}), {"error": error}]))
+    body = {"model": "m", "messages": USER, "stream": True}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{client.base_url}chat/completions", json=body) as r,
+    ):
+        raw = await r.read()
+    assert b"sk-upstream-secret" not in raw
+    [event] = [e for e in events(raw) if "error" in e]
+    assert event["error"]["details"] == [{"auth": "Bearer [redacted]"}]
