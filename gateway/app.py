@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway import handlers, server
 from gateway.config import GatewayConfig
 from gateway.edge import edge
+from gateway.mock import MockResolver
 from gateway.openapi.load import fetch_with
 from gateway.state import STATE, UPSTREAM, Snapshot, State
 from gateway.tools import ToolSet, load_tools
@@ -38,10 +39,12 @@ def create_app(config: GatewayConfig, tools: ToolSet | None = None) -> web.Appli
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    session = new_session()
+    resolver = MockResolver()  # mock:// models reach the built-in mock through it
+    session = new_session(resolver)
     app[UPSTREAM] = Upstream(session)
     if STATE not in app:
         config = app[CONFIG_AT_START]
         app[STATE] = State(Snapshot.build(config, await load_tools(config, fetch_with(session))))
     yield
     await session.close()
+    await resolver.close()

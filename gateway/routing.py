@@ -10,6 +10,7 @@ import aiohttp
 
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.errors import ModelNotFound, UpstreamKeyMissing
+from gateway.mock import upstream_url
 from gateway.redact import Redactor, for_config, model_secrets
 
 
@@ -104,7 +105,7 @@ def build_route(
             )
     return Route(
         id=m.id,
-        base_url=m.base_url,
+        base_url=upstream_url(m.base_url),
         upstream_model=m.upstream_model or m.id,
         params=dict(m.params),
         headers=headers,

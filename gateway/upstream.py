@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDictProxy
 
 from gateway.errors import (
@@ -75,8 +76,11 @@ def forwarded_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
     return out
 
 
-def new_session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=15)
+def new_session(resolver: AbstractResolver | None = None) -> aiohttp.ClientSession:
+    """The pooled session; ``resolver`` (the app's ``MockResolver``) is closed by its owner."""
+    connector = aiohttp.TCPConnector(
+        limit=0, ttl_dns_cache=300, keepalive_timeout=15, resolver=resolver
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None),

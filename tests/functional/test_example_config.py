@@ -70,3 +70,66 @@ async def test_example_weather_request(fake_upstream, oai, monkeypatch):
     finally:
         await gw_runner.cleanup()
         await runner.cleanup()
+
+
+async def test_example_demo_model_answers_offline_with_no_key(oai, monkeypatch):
+    """The README's first request: the shipped config's demo model, no key, no network."""
+    for var in ("OPENAI_API_KEY", "GATEWAY_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    seen = []
+
+    async def forecast(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response({"current": {"temperature_2m": 17.3}})
+
+    meteo = web.Application()
+    meteo.router.add_get("/v1/forecast", forecast)
+    runner, meteo_url = await start_app(meteo)
+    config = load_config(ROOT / "config" / "gateway.yaml")
+    assert config.model("demo").base_url == "mock://"
+    tools = [t.model_copy(update={"base_url": meteo_url}) for t in config.tools]
+    gw_runner, url = await start_app(create_app(config.model_copy(update={"tools": tools})))
+    try:
+
+        class GW:
+            v1 = url + "/v1"
+
+        client = oai(GW)
+        hello = [{"role": "user", "content": "Hello!"}]
+        res = await client.chat.completions.create(model="demo", messages=hello)
+        assert res.choices[0].message.content == "Hello!"
+        call = '/call get_weather_forecast {"latitude": 48.86, "longitude": 2.35}'
+        stream = await client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": call}], stream=True
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert seen == ["/v1/forecast?latitude=48.86&longitude=2.35"]
+        assert text == (
+            'get_weather_forecast returned: HTTP 200\n{"current":{"temperature_2m":17.3}}'
+        )
+    finally:
+        await gw_runner.cleanup()
+        await runner.cleanup()
+
+
+async def test_example_demo_tool_call_fails_gracefully_when_the_tool_server_is_unreachable(
+    oai, monkeypatch
+):
+    monkeypatch.delenv("GATEWAY_API_KEY", raising=False)
+    config = load_config(ROOT / "config" / "gateway.yaml")
+    tools = [t.model_copy(update={"base_url": "http://127.0.0.1:1"}) for t in config.tools]
+    gw_runner, url = await start_app(create_app(config.model_copy(update={"tools": tools})))
+    try:
+
+        class GW:
+            v1 = url + "/v1"
+
+        call = '/call get_weather_forecast {"latitude": 48.86, "longitude": 2.35}'
+        res = await oai(GW).chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": call}]
+        )
+        text = res.choices[0].message.content
+        assert text.startswith("get_weather_forecast returned: ")
+        assert "could not reach" in text
+    finally:
+        await gw_runner.cleanup()
