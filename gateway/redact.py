@@ -1,25 +1,26 @@
 """The one redaction helper: every configured secret, in every form it takes on the wire.
 
 A server that echoes a request (a debug endpoint, an error that quotes the query string, a
-JSON body that repeats a header) sends a credential back in the form it travelled in:
-percent-encoded in a query or cookie, base64 inside a basic-auth token, escaped inside a
-JSON string. ``Redactor`` knows these forms for every secret it was given and replaces each
-occurrence with ``[redacted]``, in one pass of one compiled regex (longest form first, so a
-longer form is never left half-replaced by a shorter one).
+JSON body that repeats a header) sends a credential back in the form it travelled in, or in
+the form its own language writes it: percent-encoded in a query or cookie, base64 inside a
+basic-auth token, escaped inside a JSON string. ``Redactor`` knows these forms for every
+secret it was given and replaces each occurrence with ``[redacted]``, in one pass of one
+compiled regex, shaped as a trie (common prefixes are tried once; the longest match wins).
 
-The forms of a secret ``s``: ``s`` itself; percent-encoded as ``quote(s, safe="")``,
-``quote(s)`` and ``quote_plus(s)``, each with upper- and lower-case hex digits; base64
-(standard and URL-safe, with or without padding); escaped in a JSON string (as orjson, as Python's
-``json`` with ASCII escapes, with ``\\/`` for ``/``, and as Go, which escapes ``<``, ``>``
-and ``&``); and HTML-escaped. A basic-auth pair is given as the secret ``user:password``,
-whose base64 form is the token.
+What it matches, for a secret ``s``: ``s`` with each character that is not an ASCII letter
+or digit written in any of the ways a wire format writes it, in any mix: as itself,
+percent-encoded (``%2F``/``%2f``, a space also as ``+``: so ``quote``, ``quote_plus``,
+JavaScript's ``encodeURIComponent``, PHP's ``urlencode`` all match), JSON-escaped
+(``\\"``, ``\\/``, ``\\u00e9``, Go's ``\\u0026``) or HTML-escaped (``&amp;``,
+``&#39;``); and ``s`` in base64, standard and URL-safe, with or without padding. A
+basic-auth pair is given as the secret ``user:password``, whose base64 form is the token.
 
 Secrets shorter than ``MIN_SECRET_LENGTH`` (4) characters are not redacted: replacing every
 ``abc`` in a response would destroy it and hide nothing worth hiding.
 
 Order matters: redact before cutting a text to a size, and when a text was cut off (a body
-read only up to a cap), drop a tail that is the beginning of a secret (``drop_partial``)
-first, since the regex can only match whole secrets.
+read only up to a cap), drop a tail that is the beginning of a secret (``drop_partial``, in
+its common forms: ``forms``) first, since the regex can only match whole secrets.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = tuple(sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}))
         self._forms = _forms_of(self.secrets)
-        self._pattern = _compile(self._forms)
+        self._pattern = _compile(self.secrets)
         self._by_first: dict[str, tuple[str, ...]] = {}
         for form in (*self._forms, MARK):
             self._by_first[form[0]] = (*self._by_first.get(form[0], ()), form)
@@ -66,12 +67,8 @@ class Redactor:
         """
         if self._pattern is not None:
             text = self._pattern.sub(MARK, text)
-        extra = [s for s in extra if len(s) >= MIN_SECRET_LENGTH]
-        if extra:
-            pattern = _compile(_forms_of(extra))
-            if pattern is not None:
-                text = pattern.sub(MARK, text)
-        return text
+        pattern = _compile([s for s in extra if len(s) >= MIN_SECRET_LENGTH])
+        return text if pattern is None else pattern.sub(MARK, text)
 
     def redact_json(self, value: Any) -> Any:
         """A parsed JSON value with every string redacted, keys included, at any depth.
@@ -113,15 +110,21 @@ class Redactor:
 
 
 def forms(secret: str) -> list[str]:
-    """Every form of one secret the redactor looks for (see the module docstring)."""
+    """The common forms of one secret, as strings (the regex matches more: any mix)."""
     out = [secret, html.escape(secret)]
     for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
         out += [encoded, _HEX_ESCAPE.sub(lambda m: m.group(0).lower(), encoded)]
-    raw = secret.encode("utf-8", "surrogatepass")
-    for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
-        out += [encoded, encoded.rstrip("=")]  # with and without padding
+    out += _base64_forms(secret)
     for escaped in (json.dumps(secret, ensure_ascii=False)[1:-1], json.dumps(secret)[1:-1]):
         out += [escaped, escaped.replace("/", "\\/"), escaped.translate(_GO_ESCAPES)]
+    return out
+
+
+def _base64_forms(secret: str) -> list[str]:
+    raw = secret.encode("utf-8", "surrogatepass")
+    out = []
+    for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+        out += [encoded, encoded.rstrip("=")]  # with and without padding
     return out
 
 
@@ -130,33 +133,74 @@ def _forms_of(secrets: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(found, key=lambda f: (-len(f), f)))
 
 
-def _compile(forms: Sequence[str]) -> re.Pattern[str] | None:
-    """One regex for all forms, shaped as a trie: common prefixes are tried once.
+def _compile(secrets: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex for all secrets, shaped as a trie of per-character patterns.
 
-    Each branch prefers to continue, so the longest form that matches at a position wins
-    (what a longest-first alternation would do, about three times faster).
+    Common prefixes are tried once, and each branch prefers to continue, so the longest
+    match at a position wins (about three times faster than a longest-first alternation).
     """
-    if not forms:
+    if not secrets:
         return None
+    sequences = {tuple(_char_pattern(c) for c in s) for s in secrets}
+    sequences |= {tuple(re.escape(c) for c in f) for s in secrets for f in _base64_forms(s)}
     trie: dict[str, dict] = {}
-    for form in forms:
+    for sequence in sequences:
         node = trie
-        for char in form:
-            node = node.setdefault(char, {})
+        for piece in sequence:
+            node = node.setdefault(piece, {})
         node[""] = {}
     return re.compile(_trie_regex(trie))
 
 
+def _char_pattern(char: str) -> str:
+    """Every way a wire format writes one character of a secret, as a regex."""
+    if char.isascii() and char.isalnum():
+        return char
+    data = char.encode("utf-8", "surrogatepass")
+    ways = [re.escape(char), "".join("%" + _any_case(f"{b:02x}") for b in data)]
+    units = [ord(char)] if ord(char) <= 0xFFFF else _surrogates(ord(char))
+    ways.append("".join(r"\\u" + _any_case(f"{u:04x}") for u in units))
+    ways += [re.escape(w) for w in _OTHER_WAYS.get(char, ())]
+    return "(?:" + "|".join(ways) + ")"
+
+
+def _any_case(hex_digits: str) -> str:
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in hex_digits)
+
+
+def _surrogates(code: int) -> list[int]:
+    code -= 0x10000
+    return [0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF)]
+
+
+#: escapes of one character other than percent-encoding and ``\\uXXXX``
+_OTHER_WAYS: dict[str, tuple[str, ...]] = {
+    " ": ("+",),
+    '"': ('\\"', "&quot;", "&#34;"),
+    "\\": ("\\\\",),
+    "/": ("\\/",),
+    "&": ("&amp;", "&#38;"),
+    "<": ("&lt;", "&#60;"),
+    ">": ("&gt;", "&#62;"),
+    "'": ("&#x27;", "&#39;"),
+    "\b": ("\\b",),
+    "\f": ("\\f",),
+    "\n": ("\\n",),
+    "\r": ("\\r",),
+    "\t": ("\\t",),
+}
+
+
 def _trie_regex(node: dict[str, dict]) -> str:
     branches = []
-    for char, child in sorted(node.items()):
-        if not char:
+    for piece, child in sorted(node.items()):
+        if not piece:
             continue
-        run = [char]
-        while len(child) == 1 and "" not in child:  # a chain without choices: one literal
-            ((char, child),) = child.items()
-            run.append(char)
-        branches.append(re.escape("".join(run)) + _trie_regex(child))
+        run = [piece]
+        while len(child) == 1 and "" not in child:  # a chain without choices: one run
+            ((piece, child),) = child.items()
+            run.append(piece)
+        branches.append("".join(run) + _trie_regex(child))
     if not branches:
         return ""
     body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"

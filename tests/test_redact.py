@@ -39,6 +39,20 @@ def test_percent_encoded_query_credential_is_redacted(form):
     assert Redactor([SECRET]).redact(text) == f"before {MARK} after"
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        "a!b~c%2Fd%20%C3%A9(1)",  # JavaScript's encodeURIComponent
+        "a%21b%7Ec%2Fd+%C3%A9%281%29",  # PHP's urlencode, Java's URLEncoder
+        "a!b~c/d%20%c3%A9(1)",  # a server that re-encodes only what it must, mixed case
+        "a!b~c\\/d \\u00e9(1)",  # JSON with escaped slash and ASCII escapes
+    ],
+)
+def test_other_languages_percent_encodings_are_redacted(form):
+    """Tool servers re-encode in their own language's way; any mix of escapes matches."""
+    assert Redactor(["a!b~c/d é(1)"]).redact(f"<{form}>") == f"<{MARK}>"
+
+
 def test_basic_auth_token_is_redacted_as_the_base64_of_the_pair():
     token = base64.b64encode(b"alice:pa55word").decode()
     redactor = Redactor(["pa55word", "alice:pa55word"])
