@@ -60,6 +60,8 @@ def _http_url(value: str) -> str:
         )
     if parts.query or parts.fragment:
         raise ValueError(f"{value!r} has a query or fragment; remove the part after ? or #")
+    if port is None and parts.netloc.endswith(":"):
+        raise ValueError(f"{value!r} has an empty port; remove the ':' or add the port number")
     if port == 0:
         raise ValueError(f"{value!r}: port 0 cannot be connected to; use the server's port")
     _check_host(value, parts.hostname or "")
@@ -83,6 +85,8 @@ def _check_host(value: str, host: str) -> None:
         return
     except ValueError:
         pass
+    if host.rstrip(".").rpartition(".")[2].isdigit():  # ends in a number: an IPv4 address
+        raise ValueError(f"{value!r}: {host!r} is not a valid IPv4 address; {_URL_EXAMPLE}")
     try:
         ascii_host = host.encode("idna").decode("ascii")
     except UnicodeError:

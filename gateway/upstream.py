@@ -140,6 +140,11 @@ class Upstream:
                 continue
             except asyncio.TimeoutError:
                 raise _timeout(route) from None
+            except aiohttp.InvalidURL as e:  # config URLs are checked; this is a last resort
+                raise UpstreamUnreachable(
+                    f"The base_url of model {route.id!r} cannot be used ({e}); "
+                    "fix it in the gateway config"
+                ) from None
             if resp.status < 400:
                 return await _finish(route, resp, stream)
             if resp.status in RETRY_STATUSES and not last:

@@ -365,6 +365,9 @@ def _children(pid):
         ("http://a:0/v1", "port 0"),
         ("http://[::1/v1", "not a valid URL"),
         ("mock://x", "the built-in mock is written 'mock://'"),
+        ("http://1.2.3.4.5/v1", "is not a valid IPv4 address"),
+        ("http://a.1/v1", "is not a valid IPv4 address"),
+        ("http://a:/v1", "has an empty port"),
     ],
 )
 def test_bad_base_url_is_a_config_error_not_a_500_per_request(url, says):
@@ -385,6 +388,21 @@ async def test_odd_but_valid_base_url_is_a_502_not_a_500(make_gateway, oai):
     with pytest.raises(Exception) as e:
         await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     assert getattr(e.value, "status_code", None) == 502
+
+
+async def test_a_base_url_aiohttp_refuses_is_a_502_not_a_500(make_gateway, oai):
+    gw = await make_gateway({"models": [{"id": "m", "base_url": "http://127.0.0.1:1/v1"}]})
+    from gateway.state import STATE, Snapshot
+
+    config = gw.config
+    bad = config.models[0].model_copy(update={"base_url": "http://1.2.3.4.5/v1"})  # unchecked
+    gw.app[STATE].swap(Snapshot.build(config.model_copy(update={"models": [bad]})))
+    with pytest.raises(Exception) as e:
+        await oai(gw).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}]
+        )
+    assert getattr(e.value, "status_code", None) == 502
+    assert "fix it in the gateway config" in str(e.value)
 
 
 def test_model_header_with_a_line_break_is_a_config_error():
