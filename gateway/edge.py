@@ -111,6 +111,8 @@ def too_large(request: web.Request) -> str:
 
 def error_response(error: GatewayError) -> web.Response:
     response = json_error(error.status, error.body_bytes())
+    if error.headers:
+        response.headers.update(error.headers)
     if error.status == 408:
         response.force_close()  # the rest of the body may never come
     return response

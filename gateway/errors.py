@@ -47,6 +47,8 @@ class GatewayError(Exception):
             self.status = status
         if type is not None:
             self.type = type
+        #: extra response headers (``x-should-retry: false`` once tool calls have run)
+        self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)

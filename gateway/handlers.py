@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from gateway import codec, loop_handler, stream
+from gateway.deadline import Deadline
 from gateway.edge import REQUEST_ID, SNAPSHOT, Handler, start_stream
 from gateway.errors import InvalidRequest, NotFound, UnsupportedMediaType, error_body
 from gateway.intake import confined_tail, read_body
@@ -174,17 +175,22 @@ async def proxy(
 ) -> web.StreamResponse:
     router = request[SNAPSHOT].router
     wants_stream = body.get("stream") is True
-    reply = await request.app[UPSTREAM].call(
-        router.chain(route),
-        path,
-        body_for(raw, body, path),
-        stream=wants_stream,
-        request_id=request[REQUEST_ID],
-        query=request.rel_url.raw_query_string,
-    )
-    if reply.body is not None:
-        return web.Response(status=reply.status, body=reply.body, headers=reply.client_headers())
-    return await relay(request, reply)
+    deadline = Deadline(route)
+    try:
+        async with deadline.scope():
+            reply = await request.app[UPSTREAM].call(
+                router.chain(route),
+                path,
+                body_for(raw, body, path),
+                stream=wants_stream,
+                request_id=request[REQUEST_ID],
+                query=request.rel_url.raw_query_string,
+            )
+            if reply.body is None:
+                return await relay(request, reply)
+    except asyncio.TimeoutError:
+        raise deadline.passed() from None  # a started stream ends with it as an event
+    return web.Response(status=reply.status, body=reply.body, headers=reply.client_headers())
 
 
 async def relay(request: web.Request, reply: Reply) -> web.StreamResponse:

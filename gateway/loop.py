@@ -82,6 +82,8 @@ class ToolLoop:
         self.messages = list(body["messages"])
         self.rounds = 0  # rounds whose gateway calls were executed
         self.calls_executed = 0
+        #: every gateway call started for this request, as "name (HTTP 201)"
+        self.ran: list[str] = []
 
     # --- shared --------------------------------------------------------------------------
 
@@ -138,7 +140,12 @@ class ToolLoop:
                 len(excess),
                 limit,
             )
+        first = len(self.ran)
+        self.ran += [f"{c['function']['name']} (started, no result yet)" for c in run]
         results = await asyncio.gather(*(self._run_one(c) for c in run))
+        self.ran[first:] = [
+            f"{c['function']['name']} ({_outcome(r)})" for c, r in zip(run, results, strict=True)
+        ]
         self.calls_executed += len(run)
         results += [_not_run(c, limit) for c in excess]
         return [
@@ -157,6 +164,20 @@ class ToolLoop:
                 f"Error: the gateway failed while running {name} (an internal error, logged "
                 "there); the call may not have reached the tool's server."
             )
+
+    def after_calls(self, error: GatewayError) -> GatewayError:
+        """``error``, saying which tool calls already ran, once any has (retrying reruns them).
+
+        The response gets ``x-should-retry: false`` (the openai SDKs then do not retry it);
+        the message names each call and its outcome.
+        """
+        if self.ran and "x-should-retry" not in error.headers:
+            error.message += (
+                f" The gateway had already run these tool calls for this request: "
+                f"{', '.join(self.ran)}. Sending the request again would run them again."
+            )
+            error.headers["x-should-retry"] = "false"
+        return error
 
     async def next_round(
         self, content: str | None, calls: list[dict[str, Any]], results: list[dict[str, Any]]
@@ -236,7 +257,7 @@ class ToolLoop:
                         content.extend(_contents(forward))
                         await out.write(stream.event(forward))
             except GatewayError as e:
-                await out.write(stream.error_event(e))
+                await out.write(stream.error_event(self.after_calls(e)))
                 return
             merger.end_round()
             ours, client = self.split(merger.calls.calls())
@@ -246,7 +267,7 @@ class ToolLoop:
                 try:
                     chunks = await self.keepalive(self.backend.open_stream(self.request()), out)
                 except GatewayError as e:
-                    await out.write(stream.error_event(e))
+                    await out.write(stream.error_event(self.after_calls(e)))
                     return
                 continue
             if ours:
@@ -311,6 +332,14 @@ def _not_run(call: dict[str, Any], limit: int) -> str:
         "are run per round (the gateway's limits.max_tool_calls_per_round). Call it again "
         "in a later round if you still need it."
     )
+
+
+def _outcome(content: str) -> str:
+    """A tool message's outcome in a few words: its status line, or that it failed."""
+    head = content.split("\n", 1)[0]
+    if head.startswith("HTTP ") and len(head) <= 12:
+        return head
+    return "failed" if head.startswith("Error") else "done"
 
 
 def _tool_name(tool: Any) -> str | None:

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway import codec
+from gateway.deadline import Deadline
 from gateway.edge import REQUEST_ID, SNAPSHOT, start_stream
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.loop import LoopSettings, Offer, ToolLoop
@@ -20,9 +21,9 @@ from gateway.openapi.ir import Tool
 from gateway.routing import Route
 from gateway.selection import FIND_TOOLS, Embed, Offering, SelectionUnavailable
 from gateway.state import UPSTREAM
-from gateway.stream import SSEParser
+from gateway.stream import EventTooLarge, SSEParser
 from gateway.toolexec import ToolExecutor
-from gateway.upstream import Upstream, midstream_error
+from gateway.upstream import Upstream, midstream_error, too_large
 
 log = logging.getLogger("gateway.loop")
 TOOL_CALLS_HEADER = "x-gateway-tool-calls"
@@ -66,7 +67,26 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
         toolset.openai_tools(route.id) if offering is None else offering
     )
     loop = ToolLoop(body, gateway_tools, backend, run_call, settings, request_id, route.id)
-    if body.get("stream") is True:
+    deadline = Deadline(route)
+    try:
+        async with deadline.scope():
+            return await _run(request, loop, backend, body.get("stream") is True)
+    except asyncio.TimeoutError:
+        raise loop.after_calls(deadline.passed()) from None
+    except GatewayError as e:
+        raise loop.after_calls(e) from None
+    except Exception:
+        if not loop.ran:
+            raise
+        log.exception("request %s: the gateway failed after tool calls ran", request_id)
+        failed = GatewayError("The gateway failed while handling this request.")
+        raise loop.after_calls(failed) from None
+
+
+async def _run(
+    request: web.Request, loop: ToolLoop, backend: UpstreamBackend, wants_stream: bool
+) -> web.StreamResponse:
+    if wants_stream:
         out = SSEOutput(request, backend)
         with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
             await loop.stream(out)  # a client that went away ends it; all under it is cancelled
@@ -189,10 +209,19 @@ class UpstreamBackend:
         return self._chunks(reply)
 
     async def _chunks(self, reply: Any) -> AsyncIterator[dict[str, Any]]:
-        parser = SSEParser()
+        """The round's chunks; at most ``max_response_bytes`` in all and in one event.
+
+        The loop keeps a round's text and tool-call arguments until the round ends, so a
+        round is capped as a whole: an endless stream ends with an error, not more memory.
+        """
         route = reply.route
+        parser = SSEParser(route.max_response_bytes)
+        size = since_yield = 0
         try:
             async for data in reply.response.content.iter_any():
+                size += len(data)
+                if size > route.max_response_bytes:
+                    raise too_large(route)
                 for payload in parser.feed(data):
                     if payload.strip() == b"[DONE]":
                         return
@@ -201,8 +230,14 @@ class UpstreamBackend:
                         chunk = route.redactor.redact_json(chunk)
                     if isinstance(chunk, dict):
                         yield chunk
+                since_yield += len(data)
+                if since_yield >= 1 << 20:  # one fast upstream never holds the loop
+                    since_yield = 0
+                    await asyncio.sleep(0)
         except (asyncio.TimeoutError, aiohttp.ClientError) as e:
             raise midstream_error(route, e) from None
+        except EventTooLarge:
+            raise too_large(route, "a stream event") from None
         finally:
             reply.close()
 

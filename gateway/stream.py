@@ -31,35 +31,71 @@ def comment(text: str) -> bytes:
     return b": " + text.encode() + b"\n\n"
 
 
-class SSEParser:
-    """Incremental SSE parser: ``feed(bytes)`` yields each event's data (lines joined)."""
+class EventTooLarge(Exception):
+    """One SSE event (or line) passed the parser's ``max_event`` bytes."""
 
-    def __init__(self) -> None:
-        self._buffer = b""
+
+class SSEParser:
+    """Incremental SSE parser: ``feed(bytes)`` yields each event's data (lines joined).
+
+    Linear in the bytes fed: only the new chunk is searched for line ends, and the parts of
+    an unfinished line are joined once, when it ends. An event (its data lines, or a line
+    still without its end) longer than ``max_event`` bytes raises ``EventTooLarge``.
+    """
+
+    def __init__(self, max_event: int = 32 * 1024 * 1024) -> None:
+        self.max_event = max_event
+        self._partial: list[bytes] = []  # the pieces of a line without its end yet
+        self._partial_size = 0
         self._data: list[bytes] = []
+        self._data_size = 0
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
-        self._buffer += chunk
+        start = 0
         while True:
-            cut = self._buffer.find(b"\n")
+            cut = chunk.find(b"\n", start)
             if cut < 0:
+                self._keep(chunk[start:])
                 return
-            line, self._buffer = self._buffer[:cut].rstrip(b"\r"), self._buffer[cut + 1 :]
-            if not line:
-                if self._data:
-                    yield b"\n".join(self._data)
-                    self._data = []
-            elif line.startswith(b"data:"):
-                self._data.append(line[6:] if line[5:6] == b" " else line[5:])
-            # comments (":"), event:, id: and retry: lines carry nothing we need
+            line = chunk[start:cut]
+            start = cut + 1
+            if self._partial:
+                line = b"".join((*self._partial, line))
+                self._partial, self._partial_size = [], 0
+            event = self._line(line[:-1] if line.endswith(b"\r") else line)
+            if event is not None:
+                yield event
+
+    def _keep(self, rest: bytes) -> None:
+        if rest:
+            self._partial.append(rest)
+            self._partial_size += len(rest)
+            if self._partial_size + self._data_size > self.max_event:
+                raise EventTooLarge(self.max_event)
+
+    def _line(self, line: bytes) -> bytes | None:
+        if not line:
+            if not self._data:
+                return None
+            event = b"\n".join(self._data)
+            self._data, self._data_size = [], 0
+            return event
+        if line.startswith(b"data:"):
+            data = line[6:] if line[5:6] == b" " else line[5:]
+            self._data.append(data)
+            self._data_size += len(data) + 1
+            if self._data_size > self.max_event:
+                raise EventTooLarge(self.max_event)
+        # comments (":"), event:, id: and retry: lines carry nothing we need
+        return None
 
     def close(self) -> Iterator[bytes]:
         """What is left when the stream ends without a blank line."""
-        if self._buffer:
+        if self._partial:
             yield from self.feed(b"\n")
         if self._data:
             yield b"\n".join(self._data)
-            self._data = []
+            self._data, self._data_size = [], 0
 
 
 def new_call_id() -> str:

@@ -168,7 +168,10 @@ async def _finish(route: Route, resp: aiohttp.ClientResponse, stream: bool) -> R
     if stream and resp.content_type == "text/event-stream":
         return Reply(route, resp, None)
     try:
-        body = await resp.read()
+        body, whole = await read_capped(resp.content, route.max_response_bytes)
+        if not whole:
+            resp.close()
+            raise too_large(route)
     except asyncio.TimeoutError:
         resp.close()
         raise _timeout(route) from None
@@ -176,6 +179,41 @@ async def _finish(route: Route, resp: aiohttp.ClientResponse, stream: bool) -> R
         resp.close()
         raise _connection_error(route, e) from None
     return Reply(route, resp, body)
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int) -> tuple[bytes, bool]:
+    """Read to the end or to ``limit`` bytes (decompressed, counted as they arrive).
+
+    Returns the bytes and whether that was all of it. A read that returns less than asked
+    is not the end: this reads on until the stream ends or the cap is passed. Gives the
+    event loop a turn every megabyte, so one large body never stalls other requests.
+    """
+    parts: list[bytes] = []
+    size = since_yield = 0
+    async for chunk in content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            parts.append(chunk[: len(chunk) - (size - limit)])
+            return b"".join(parts), False
+        parts.append(chunk)
+        since_yield += len(chunk)
+        if since_yield >= _YIELD_EVERY:
+            since_yield = 0
+            await asyncio.sleep(0)
+    return b"".join(parts), True
+
+
+_YIELD_EVERY = 1 << 20
+
+
+def too_large(route: Route, what: str = "a response") -> UpstreamError:
+    return UpstreamError(
+        f"The upstream of model {route.id!r} at {route.host} sent {what} larger than "
+        f"{route.max_response_bytes:,} bytes (max_response_bytes of this model); the "
+        "gateway stopped reading it.",
+        status=502,
+        code="upstream_response_too_large",
+    )
 
 
 def _falls_back(e: GatewayError) -> bool:
@@ -242,7 +280,7 @@ def _timeout(route: Route) -> UpstreamTimeout:
 async def error_from_response(route: Route, resp: aiohttp.ClientResponse) -> UpstreamError:
     """Turn an upstream error status into our error, keeping its status and message."""
     try:
-        raw = await resp.content.read(MAX_ERROR_BODY)
+        raw, _ = await read_capped(resp.content, MAX_ERROR_BODY)
     except (aiohttp.ClientError, asyncio.TimeoutError):
         raw = b""
     finally:

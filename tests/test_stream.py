@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from gateway.stream import SSEParser, StreamMerger, ToolCallAccumulator, add_usage
+import pytest
+
+from gateway.stream import (
+    EventTooLarge,
+    SSEParser,
+    StreamMerger,
+    ToolCallAccumulator,
+    add_usage,
+)
 
 
 def test_parser_handles_split_lines_multiline_data_comments_and_crlf():
@@ -11,6 +19,30 @@ def test_parser_handles_split_lines_multiline_data_comments_and_crlf():
     out += list(p.feed(b"event: x\nid: 3\ndata: line1\ndata:line2\n\ndata: [DONE]"))
     out += list(p.close())
     assert out == [b'{"a": 1}', b"line1\nline2", b"[DONE]"]
+
+
+def test_parser_keeps_a_long_line_in_pieces_and_joins_it_once():
+    p = SSEParser()
+    for _ in range(10_000):  # a 1 MB line in 100-byte chunks: never re-copied per chunk
+        assert list(p.feed(b"x" * 100)) == []
+    assert len(p._partial) == 10_000 and p._partial_size == 1_000_000
+    out = list(p.feed(b"\n\n"))
+    assert out == [] and not p._partial  # not a data line: dropped, nothing kept
+    assert list(SSEParser().feed(b"data: " + b"y" * 500 + b"\n\n")) == [b"y" * 500]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"data: " + b"x" * 600],  # one line without its end
+        [b"data: " + b"x" * 300 + b"\n", b"data: " + b"x" * 300 + b"\n"],  # one event
+    ],
+)
+def test_parser_refuses_an_event_past_its_cap(chunks):
+    p = SSEParser(max_event=500)
+    with pytest.raises(EventTooLarge):
+        for c in chunks:
+            list(p.feed(c))
 
 
 def test_accumulator_merges_fragments_and_tolerates_quirks():
