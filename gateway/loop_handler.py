@@ -35,7 +35,7 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
     snapshot = request[SNAPSHOT]
     config = snapshot.config
     toolset = snapshot.tools
-    offered = {t.name: t for t in toolset.for_model(route.id)}
+    offered = toolset.named(route.id)
     request_id = request[REQUEST_ID]
     executor = ToolExecutor(
         app[UPSTREAM].session,
@@ -53,8 +53,7 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
             return offering.find(arguments)  # the gateway's own function
         tool: Tool | None = offered.get(name)
         if tool is None:
-            known = ", ".join(offered) or "none"
-            return f"Error: there is no function named {name!r}. Available functions: {known}."
+            return _no_such_function(name, list(offered), offering)
         return (await executor.run(tool, arguments)).content
 
     backend = UpstreamBackend(app[UPSTREAM], snapshot.router.chain(route), request_id)
@@ -95,6 +94,19 @@ async def _run(
     headers = {**backend.headers, TOOL_CALLS_HEADER: str(loop.calls_executed)}
     headers["Content-Type"] = "application/json"
     return web.Response(body=orjson.dumps(response), headers=headers)
+
+
+def _no_such_function(name: str, offered: list[str], offering: Offering | None) -> str:
+    if offering is None:
+        return (
+            f"Error: there is no function named {name!r}. "
+            f"Available functions: {', '.join(offered) or 'none'}."
+        )
+    hint = " Call find_tools to search for others." if offering.selector.find_tools else ""
+    return (
+        f"Error: there is no function named {name!r}. "
+        f"Functions offered now: {', '.join(offering.names())}.{hint}"
+    )
 
 
 async def _offering(request: web.Request, route: Route, body: dict[str, Any]) -> Offering | None:

@@ -387,13 +387,17 @@ class Offering:
 
     def __call__(self, messages: Sequence[Any]) -> list[dict[str, Any]]:
         sel = self.selector
-        pinned = [n for n in called_names(messages) if n in sel.index]
-        names = list(dict.fromkeys([*pinned, *self.found, *self.ranked]))
-        names = names[: max(sel.config.max_functions, len(pinned) + len(self.found))]
-        tools = [sel.openai[sel.index[n]] for n in names]
+        tools = [sel.openai[sel.index[n]] for n in self.names(messages)]
         if sel.find_tools is not None:
             tools.append(sel.find_tools)
         return tools
+
+    def names(self, messages: Sequence[Any] = ()) -> list[str]:
+        """The functions offered: called ones, then found ones, then the best ranked."""
+        sel = self.selector
+        pinned = [n for n in called_names(messages) if n in sel.index]
+        names = list(dict.fromkeys([*pinned, *self.found, *self.ranked]))
+        return names[: max(sel.config.max_functions, len(pinned) + len(self.found))]
 
     def find(self, arguments: str) -> str:
         """Answer a ``find_tools`` call; what is found is offered from the next round on."""

@@ -49,9 +49,15 @@ class ToolSet:
     #: models with ``tool_selection`` (never offered more than their ``max_functions``)
     selective: frozenset[str] = frozenset()
     _openai: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _named: dict[str, dict[str, Tool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._openai = {m: [t.openai() for t in ts] for m, ts in self.by_model.items()}
+        self._named = {m: {t.name: t for t in ts} for m, ts in self.by_model.items()}
+
+    def named(self, model_id: str) -> dict[str, Tool]:
+        """A model's functions by name (built once; a request only looks up)."""
+        return self._named.get(model_id, {})
 
     @property
     def tools(self) -> dict[str, Tool]:

@@ -296,3 +296,14 @@ def test_check_does_not_warn_about_many_functions_with_tool_selection(tmp_path, 
     assert main(["check", "--config", cfg]) == 0
     warnings = [x for x in capsys.readouterr().out.splitlines() if "OpenAI accepts" in x]
     assert len(warnings) == 1 and "model m is offered 130" in warnings[0]
+
+
+async def test_an_unknown_function_gets_the_offered_names_not_every_name(gateway):
+    up, _, client = await gateway({"max_functions": 3, "search": True})
+    up.push(calls(("closeAllTheThings", {})), answer())
+    await client.chat.completions.create(model="m", messages=user("open an issue"))
+    [tool_message] = [m for m in up.received[1].body["messages"] if m["role"] == "tool"]
+    text = tool_message["content"]
+    assert text.startswith("Error: there is no function named 'closeAllTheThings'. ")
+    assert "Functions offered now: createIssue, " in text and "find_tools to search" in text
+    assert "deleteTeam" not in text
