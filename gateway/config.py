@@ -105,14 +105,17 @@ def _upstream_url(value: str) -> str:
 
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _headers(headers: dict[str, str]) -> dict[str, str]:
     for name, value in headers.items():
         if not _TOKEN.match(name):
             raise ValueError(f"{name!r} is not a valid header name (letters, digits, '-')")
-        if "\r" in value or "\n" in value or "\0" in value:
+        if "\r" in value or "\n" in value:
             raise ValueError(f"the value of header {name!r} contains a line break; remove it")
+        if _CONTROL.search(value):  # aiohttp refuses them: every request would fail
+            raise ValueError(f"the value of header {name!r} contains a control character")
     return headers
 
 

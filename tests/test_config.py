@@ -599,3 +599,10 @@ def test_litellm_openai_compatible_prefixes_are_converted():
         ("my-model", "http://c/v1"),
         ("gpt-4o-mini", "https://api.openai.com/v1"),
     ]
+
+
+@pytest.mark.parametrize("bad", ["a\x0bb", "a\x0cb", "a\x7fb", "a\x00b"])
+def test_control_character_in_a_configured_header_is_a_config_error(bad):
+    """aiohttp refuses to send it: every request to the model would be a 500."""
+    [found] = problems({"models": [{"id": "m", "base_url": "http://x/v1", "headers": {"X": bad}}]})
+    assert found == "models[0].headers: the value of header 'X' contains a control character"
