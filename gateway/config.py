@@ -640,6 +640,9 @@ def _format_error(err: Any, origins: envconfig.Origins) -> tuple[str, str | None
         message = _unknown_key(loc)
     elif err["type"] == "missing":
         message = "required key is missing"
+    elif err["type"] == "union_tag_not_found":
+        tags = ", ".join(repr(t) for t in _tags(loc))
+        message = f"needs a 'type' key: one of {tags}"
     origin = envconfig.origin_of(origins, loc)
     if origin is None:
         return f"{path or '<root>'}: {message}", None
@@ -667,6 +670,13 @@ def _is_tag(path: tuple[Any, ...], seg: str) -> bool:
     return len(models) > 1 and any(
         getattr(m.model_fields.get("type"), "annotation", None) == Literal[seg] for m in models
     )
+
+
+def _tags(path: tuple[Any, ...]) -> list[str]:
+    found = envconfig.field_at(GatewayConfig, path)
+    models = envconfig.models_in(found[0]) if found else []
+    annotations = [getattr(m.model_fields.get("type"), "annotation", None) for m in models]
+    return [str(a.__args__[0]) for a in annotations if a is not None and hasattr(a, "__args__")]
 
 
 def _unknown_key(loc: tuple[Any, ...]) -> str:

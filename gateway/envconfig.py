@@ -274,9 +274,9 @@ def _dotted(path: Path) -> str:
 
 
 def origin_of(origins: Origins, loc: Path) -> tuple[Path, str] | None:
-    """The variable that set ``loc`` or one of its parents."""
+    """The variable that set ``loc``, one of its parents, or something inside it."""
     for n in range(len(loc), 0, -1):
         name = origins.get(loc[:n])
         if name is not None:
             return loc[:n], name
-    return None
+    return next(((path, name) for path, name in origins.items() if path[: len(loc)] == loc), None)

@@ -606,3 +606,16 @@ def test_control_character_in_a_configured_header_is_a_config_error(bad):
     """aiohttp refuses to send it: every request to the model would be a 500."""
     [found] = problems({"models": [{"id": "m", "base_url": "http://x/v1", "headers": {"X": bad}}]})
     assert found == "models[0].headers: the value of header 'X' contains a control character"
+
+
+def test_auth_without_type_names_the_types():
+    found = problems({"tools": [{"name": "t", "spec": "s.yaml", "auth": {"token": "x"}}]})
+    assert found[0].startswith("tools[0].auth: needs a 'type' key: one of 'bearer', ")
+
+
+def test_env_variable_that_creates_a_section_is_blamed_for_its_errors(monkeypatch):
+    monkeypatch.setenv("GATEWAY_TOOLS__0__AUTH__TOKEN", "abc")
+    with pytest.raises(ConfigError) as e:
+        build_config({"tools": [{"name": "t", "spec": "s.yaml"}]}, "cfg.yaml", Path("."))
+    assert e.value.source.startswith("environment")
+    assert e.value.problems[0].startswith("GATEWAY_TOOLS__0__AUTH__TOKEN: tools[0].auth: needs")
