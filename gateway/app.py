@@ -15,6 +15,7 @@ from gateway import handlers, server
 from gateway.config import GatewayConfig
 from gateway.edge import edge
 from gateway.mock import MockResolver
+from gateway.observe import OBSERVER, Observer, add_metrics_routes, start_metrics_port
 from gateway.openapi.load import fetch_with
 from gateway.state import STATE, UPSTREAM, Snapshot, State
 from gateway.tools import ToolSet, load_tools
@@ -31,11 +32,27 @@ def create_app(config: GatewayConfig, tools: ToolSet | None = None) -> web.Appli
     )
     server.answer_protocol_errors(app)
     app[CONFIG_AT_START] = config
+    app[OBSERVER] = Observer(config)
     if tools is not None or not config.tools:
         app[STATE] = State(Snapshot.build(config, tools))
     app.cleanup_ctx.append(_upstream_session)
-    handlers.add_routes(app, edge())
+    app.cleanup_ctx.append(_observing)
+    wrap = edge()
+    add_metrics_routes(app, wrap)  # before the handlers' catch-all route
+    handlers.add_routes(app, wrap)
     return app
+
+
+async def _observing(app: web.Application) -> AsyncIterator[None]:
+    """The config's digest shown from the start; a metrics port of its own; spans flushed."""
+    observer = app[OBSERVER]
+    observer.config_loaded(app[STATE].current.digest)
+    runner = await start_metrics_port(app)
+    yield
+    if runner is not None:
+        await runner.cleanup()
+    if observer.tracing is not None:
+        observer.tracing.shutdown()
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from gateway import __version__
+from gateway import __version__, logs, metrics
 from gateway.config import GatewayConfig, config_path, load_config
 from gateway.errors import ConfigError
 from gateway.openapi.load import fetch_with
@@ -27,10 +27,7 @@ log = logging.getLogger("gateway")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.setup("text", args.log_level or "info")  # until the config says more
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, so that a closed pipe is caught below
@@ -48,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description=__doc__)
     p.add_argument("--version", action="version", version=f"gateway {__version__}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _log_level_arg(p, None)
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="start the server")
@@ -82,6 +79,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file (default: $GATEWAY_CONFIG or config/gateway.yaml)")
+    _log_level_arg(p, argparse.SUPPRESS)  # accepted after the subcommand too
+
+
+def _log_level_arg(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument(
+        "--log-level",
+        default=default,
+        choices=["debug", "info", "warning", "error"],
+        help="overrides logging.level (default: info)",
+    )
+
+
+def setup_logging(config: GatewayConfig, level: str | None, *, worker: bool = False) -> None:
+    """The config's log format and level; ``--log-level`` wins over ``logging.level``."""
+    logs.setup(config.logging.format, level or config.logging.level, worker=worker)
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -90,6 +102,7 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     config = load_config(path)
+    setup_logging(config, args.log_level)
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
     log.info("config %s: %d model(s), %d toolset(s)", path, len(config.models), len(config.tools))
@@ -119,9 +132,10 @@ def _listen_error(e: OSError, host: str, port: int) -> ConfigError:
     return ConfigError(f"{host}:{port}", [reason], headline="cannot listen")
 
 
-def serve_workers(path: str, host: str, port: int, workers: int, level: str) -> int:
+def serve_workers(path: str, host: str, port: int, workers: int, level: str | None) -> int:
     """N processes on one port (SO_REUSEPORT); SIGTERM/SIGINT stop them all."""
     ctx = multiprocessing.get_context("spawn")
+    cleanup_metrics = metrics.prepare_multiprocess()  # before the workers inherit the env
     procs = [ctx.Process(target=_worker, args=(path, host, port, level)) for _ in range(workers)]
     for proc in procs:
         proc.start()
@@ -135,16 +149,17 @@ def serve_workers(path: str, host: str, port: int, workers: int, level: str) -> 
     signal.signal(signal.SIGINT, stop)
     for proc in procs:
         proc.join()
+        if proc.pid is not None:
+            metrics.worker_died(proc.pid)
+    cleanup_metrics()
     log.info("all %d workers stopped", workers)
     return 0
 
 
-def _worker(path: str, host: str, port: int, level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
-    )
-    run(load_config(path), host, port, reuse_port=True)
+def _worker(path: str, host: str, port: int, level: str | None) -> None:
+    config = load_config(path)
+    setup_logging(config, level, worker=True)
+    run(config, host, port, reuse_port=True)
 
 
 def run(
@@ -196,6 +211,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Load everything first (config, then every spec), and print only once all is known."""
     path = config_path(args.config)
     config = load_config(path)
+    setup_logging(config, args.log_level)
     logging.getLogger("gateway.tools").setLevel(logging.ERROR)  # printed below, once
     tools = load_tools_sync(config)
     print(f"{path}: OK")

@@ -18,7 +18,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from gateway import envconfig
 from gateway.errors import ConfigError
@@ -119,10 +127,37 @@ def _headers(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
+class ClientKey(SecretStr):
+    """A client key (``server.api_keys``) and the name logs and metrics show for it."""
+
+    def __init__(self, secret_value: str, name: str | None = None) -> None:
+        super().__init__(secret_value)
+        self.name = name
+
+
+_KEY_NAME = re.compile(r"^[A-Za-z0-9._:@/-]{1,64}$")
+
+
+def _client_key(entry: Any) -> Any:
+    """A plain string, or ``{name, key}``."""
+    if not isinstance(entry, dict):
+        return entry
+    unknown = set(entry) - {"name", "key"}
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; use name and key")
+    key, name = entry.get("key"), entry.get("name")
+    if not isinstance(key, str):
+        raise ValueError("needs 'key', a string (the key clients send)")
+    if name is not None and not (isinstance(name, str) and _KEY_NAME.match(name)):
+        raise ValueError("'name' must be 1-64 letters, digits or . _ : @ / - (it is shown in logs)")
+    return ClientKey(key, name)
+
+
 class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    api_keys: list[SecretStr] = []
+    #: plain strings or ``{name, key}`` mappings
+    api_keys: list[Annotated[ClientKey, BeforeValidator(_client_key)]] = []
     max_request_bytes: int = Field(32 * 1024 * 1024, gt=0)
     #: seconds a connection has to send a request's headers (from its opening or from the
     #: end of its previous response); idle keep-alive connections are closed after it too
@@ -265,11 +300,40 @@ class LimitsConfig(_Model):
     keepalive_interval: float = Field(10.0, gt=0)
 
 
+class LoggingConfig(_Model):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: one line per request when it ends (``gateway.access``)
+    access: bool = True
+
+
+class MetricsConfig(_Model):
+    enabled: bool = True
+    #: serve ``/metrics`` on this port instead of the gateway's own
+    port: int | None = Field(None, ge=1, le=65535)
+    #: the address of that port (default: server.host)
+    host: str | None = None
+
+
+class TracingConfig(_Model):
+    #: OTLP/HTTP endpoint (``http://collector:4318``); else $OTEL_EXPORTER_OTLP_ENDPOINT
+    otlp_endpoint: str | None = None
+    service_name: str = "gateway"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v)
+
+
 class GatewayConfig(_Model):
     server: ServerConfig = ServerConfig()
     models: list[ModelConfig] = []
     tools: list[ToolsetConfig] = []
     limits: LimitsConfig = LimitsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
     #: directory that relative spec paths are resolved against (the config file's)
     base_dir: Path = Path(".")
     #: model id -> names of environment variables its api_key was meant to come from

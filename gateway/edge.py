@@ -9,6 +9,7 @@ instead of a second response.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hmac
@@ -16,6 +17,7 @@ import itertools
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +26,8 @@ from aiohttp import ClientConnectionResetError, web
 
 from gateway import stream
 from gateway.errors import AuthenticationFailed, GatewayError, error_body
+from gateway.facts import Facts
+from gateway.observe import OBSERVER
 from gateway.state import STATE, Snapshot
 
 log = logging.getLogger("gateway")
@@ -33,8 +37,9 @@ SNAPSHOT: Any = web.RequestKey("snapshot", Snapshot) if hasattr(web, "RequestKey
 STREAM: Any = (
     web.RequestKey("stream", web.StreamResponse) if hasattr(web, "RequestKey") else "stream"
 )
+FACTS: Any = web.RequestKey("facts", Facts) if hasattr(web, "RequestKey") else "facts"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_PUBLIC_PATHS = frozenset({"/healthz"})
+_PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,44 +55,67 @@ def edge() -> Callable[[Handler], Handler]:
     counter = itertools.count(1)
 
     def wrap(handler: Handler) -> Handler:
+        endpoint = handler.__name__
+
         @functools.wraps(handler)
         async def at_the_edge(request: web.Request) -> web.StreamResponse:
+            start = time.perf_counter()
             incoming = request.headers.get("X-Request-Id")
             if incoming and _SAFE_ID.match(incoming):
                 rid = incoming
             else:
                 rid = f"{prefix}{next(counter):016x}"
             request[REQUEST_ID] = rid
-            snapshot = request[SNAPSHOT] = request.app[STATE].current
+            obs = request.app[OBSERVER]
+            facts = request[FACTS] = Facts(rid, request.method, request.path, endpoint, start, obs)
+            obs.begin(facts, request)
             try:
-                keys = snapshot.client_keys
-                if keys and request.path not in _PUBLIC_PATHS:
-                    check_client_key(request, keys)
-                response = await handler(request)
-            except GatewayError as e:
-                if (started := _started_stream(request)) is not None:
-                    return await _end_stream(started, e)
-                response = error_response(e)
-            except web.HTTPException as e:
-                if e.status < 400:
-                    raise
-                response = http_error(request, e.status, e.reason)
-            except Exception:
-                log.exception(
-                    "unhandled error in %s %s (request %s)", request.method, request.path, rid
-                )
-                if (started := _started_stream(request)) is not None:
-                    failed = GatewayError("The gateway failed while handling this stream.")
-                    return await _end_stream(started, failed)
-                body = error_body("The gateway failed while handling this request.", "server_error")
-                response = json_error(500, orjson.dumps(body))
-            if not response.prepared:  # streaming handlers set it before they prepare
-                response.headers["x-request-id"] = rid
-            return response
+                response = await _handle(request, handler, facts)
+                facts.status = response.status
+                return response
+            except asyncio.CancelledError:
+                facts.status, facts.error = 499, "client_closed_request"
+                raise
+            except web.HTTPException as e:  # a redirect, passed on to aiohttp
+                facts.status = e.status
+                raise
+            finally:
+                obs.end(facts)
 
         return at_the_edge
 
     return wrap
+
+
+async def _handle(request: web.Request, handler: Handler, facts: Facts) -> web.StreamResponse:
+    rid = facts.request_id
+    snapshot = request[SNAPSHOT] = request.app[STATE].current
+    try:
+        keys = snapshot.client_keys
+        if keys and request.path not in _PUBLIC_PATHS:
+            facts.key = snapshot.client_key_names[check_client_key(request, keys)]
+        response = await handler(request)
+    except GatewayError as e:
+        facts.error = e.code or e.type
+        if (started := _started_stream(request)) is not None:
+            return await _end_stream(started, e)
+        response = error_response(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        facts.error = "not_found" if e.status == 404 else "http_error"
+        response = http_error(request, e.status, e.reason)
+    except Exception:
+        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+        facts.error = "server_error"
+        if (started := _started_stream(request)) is not None:
+            failed = GatewayError("The gateway failed while handling this stream.")
+            return await _end_stream(started, failed)
+        body = error_body("The gateway failed while handling this request.", "server_error")
+        response = json_error(500, orjson.dumps(body))
+    if not response.prepared:  # streaming handlers set it before they prepare
+        response.headers["x-request-id"] = rid
+    return response
 
 
 def http_error(request: web.Request, status: int, reason: str) -> web.Response:
@@ -122,18 +150,21 @@ def json_error(status: int, body: bytes) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json")
 
 
-def check_client_key(request: web.Request, keys: tuple[bytes, ...]) -> None:
+def check_client_key(request: web.Request, keys: tuple[bytes, ...]) -> int:
+    """The index of the client's key in ``keys``; a missing or wrong key raises."""
     given = request.headers.get("Authorization", "")
     token = given[7:].strip().encode() if given[:7].lower() == "bearer " else b""
-    ok = False
-    for key in keys:  # compare with every key, always: timing says nothing about which
-        ok |= hmac.compare_digest(token, key)
-    if not ok:
+    found = -1
+    for i, key in enumerate(keys):  # compare with every key, always: timing says nothing
+        if hmac.compare_digest(token, key):
+            found = i
+    if found < 0:
         what = "is missing" if not token else "is not valid for this gateway"
         raise AuthenticationFailed(
             f"The API key {what}. Send one of the keys in server.api_keys as "
             "'Authorization: Bearer <key>'."
         )
+    return found
 
 
 async def start_stream(request: web.Request, response: web.StreamResponse) -> None:
@@ -141,6 +172,8 @@ async def start_stream(request: web.Request, response: web.StreamResponse) -> No
     response.headers["x-request-id"] = request[REQUEST_ID]
     request[STREAM] = response
     await response.prepare(request)
+    facts = request[FACTS]
+    facts.obs.stream_started(facts)
 
 
 def _started_stream(request: web.Request) -> web.StreamResponse | None:

@@ -19,14 +19,29 @@ from aiohttp import web
 
 from gateway import codec, loop_handler, stream
 from gateway.deadline import Deadline
-from gateway.edge import REQUEST_ID, SNAPSHOT, Handler, start_stream
+from gateway.edge import FACTS, REQUEST_ID, SNAPSHOT, Handler, start_stream
 from gateway.errors import InvalidRequest, NotFound, UnsupportedMediaType, error_body
+from gateway.facts import USAGE_TAIL
 from gateway.intake import confined_tail, read_body
 from gateway.routing import Route
 from gateway.state import UPSTREAM
 from gateway.upstream import BodyFor, Reply, midstream_error
 
 log = logging.getLogger("gateway.handlers")
+
+#: other ``/v1`` endpoints with a metrics label of their own (any other is ``other_endpoint``)
+_ENDPOINTS = {
+    t: t.replace("/", "_")
+    for t in (
+        "completions",
+        "embeddings",
+        "responses",
+        "moderations",
+        "rerank",
+        "images/generations",
+        "audio/speech",
+    )
+}
 
 
 #: OpenAI's endpoints whose body names a model, also served without ``/v1`` (as other
@@ -128,6 +143,7 @@ async def other_endpoint(request: web.Request) -> web.StreamResponse:
             f"POST {request.path}: the gateway proxies JSON requests that name a model; "
             f"uploads ({request.content_type}: files, audio) are not supported."
         )
+    request[FACTS].endpoint = _ENDPOINTS.get(tail, "other_endpoint")
     raw, body = await read_json(request)
     route = resolve(request, body)
     return await proxy(request, route, f"/{tail}", raw, body)
@@ -146,6 +162,10 @@ async def read_json(request: web.Request) -> tuple[bytes, dict[str, Any]]:
 
 def resolve(request: web.Request, body: dict[str, Any]) -> Route:
     model = body.get("model")
+    facts = request[FACTS]
+    facts.stream = body.get("stream") is True
+    if isinstance(model, str):
+        facts.model = model
     if model is None or model == "":
         raise InvalidRequest(
             "'model' is required: name one of the gateway's models.", param="model"
@@ -156,7 +176,9 @@ def resolve(request: web.Request, body: dict[str, Any]) -> Route:
             f"got {type(model).__name__}.",
             param="model",
         )
-    return request[SNAPSHOT].router.resolve(model)
+    route = request[SNAPSHOT].router.resolve(model)
+    facts.route = route.id
+    return route
 
 
 def body_for(raw: bytes, body: dict[str, Any], path: str) -> BodyFor:
@@ -175,6 +197,7 @@ async def proxy(
 ) -> web.StreamResponse:
     router = request[SNAPSHOT].router
     wants_stream = body.get("stream") is True
+    facts = request[FACTS]
     deadline = Deadline(route)
     try:
         async with deadline.scope():
@@ -185,11 +208,13 @@ async def proxy(
                 stream=wants_stream,
                 request_id=request[REQUEST_ID],
                 query=request.rel_url.raw_query_string,
+                facts=facts,
             )
             if reply.body is None:
                 return await relay(request, reply)
     except asyncio.TimeoutError:
         raise deadline.passed() from None  # a started stream ends with it as an event
+    facts.usage_from_tail(reply.body)
     return web.Response(status=reply.status, body=reply.body, headers=reply.client_headers())
 
 
@@ -198,20 +223,27 @@ async def relay(request: web.Request, reply: Reply) -> web.StreamResponse:
     headers = reply.client_headers()
     headers["Cache-Control"] = "no-cache"
     response = web.StreamResponse(status=reply.status, headers=headers)
+    facts = request[FACTS]
+    previous = last = b""  # the usage chunk, when asked for, is among the last two
     try:
         await start_stream(request, response)
         async for chunk in reply.response.content.iter_any():
             await response.write(chunk)
+            previous, last = last, chunk
     except (asyncio.TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
         reply.close()
         if isinstance(e, (ConnectionResetError, aiohttp.ClientConnectionResetError)):
+            facts.error = "client_closed_request"
             return response  # the client went away
-        await _write_quietly(response, stream.error_event(midstream_error(reply.route, e)))
+        error = midstream_error(reply.route, e)
+        facts.error = error.code
+        await _write_quietly(response, stream.error_event(error))
         return response
     except BaseException:
         reply.close()  # cancelled (client disconnected) or a bug: drop the upstream at once
         raise
     reply.release()
+    facts.usage_from_tail(previous[-USAGE_TAIL:] + last)
     await response.write_eof()
     return response
 

@@ -20,7 +20,8 @@ from gateway.stream import StreamMerger, add_usage, new_call_id
 
 log = logging.getLogger("gateway.loop")
 
-RunCall = Callable[[str, str], Awaitable[str]]
+#: (function name, arguments, call id) -> the text of the tool message
+RunCall = Callable[[str, str, str], Awaitable[str]]
 #: the gateway's functions to offer this round, given the conversation so far
 Offer = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
@@ -84,6 +85,10 @@ class ToolLoop:
         self.calls_executed = 0
         #: every gateway call started for this request, as "name (HTTP 201)"
         self.ran: list[str] = []
+        #: the summed usage of all rounds, when the upstream reported it
+        self.usage: dict[str, Any] | None = None
+        #: the code of an error that ended a stream early
+        self.error: str | None = None
 
     # --- shared --------------------------------------------------------------------------
 
@@ -157,7 +162,7 @@ class ToolLoop:
         """One call; a failure inside the gateway is a tool message too (the tool boundary)."""
         name = call["function"]["name"]
         try:
-            return await self.run_call(name, call["function"]["arguments"])
+            return await self.run_call(name, call["function"]["arguments"], call["id"])
         except Exception:
             log.exception("request %s: running %s failed inside the gateway", self.request_id, name)
             return (
@@ -232,7 +237,7 @@ class ToolLoop:
                 choice["finish_reason"] = "length"
             break
         if usage is not None:
-            response["usage"] = usage
+            response["usage"] = self.usage = usage
         return response
 
     # --- stream --------------------------------------------------------------------------
@@ -250,6 +255,7 @@ class ToolLoop:
             try:
                 async for chunk in chunks:
                     if isinstance(chunk.get("error"), dict):
+                        self.error = str(chunk["error"].get("code") or "upstream_error")
                         await out.write(stream.event({"error": chunk["error"]}))
                         return
                     forward = merger.process(chunk)
@@ -257,7 +263,7 @@ class ToolLoop:
                         content.extend(_contents(forward))
                         await out.write(stream.event(forward))
             except GatewayError as e:
-                await out.write(stream.error_event(self.after_calls(e)))
+                await self._fail(out, self.after_calls(e))
                 return
             merger.end_round()
             ours, client = self.split(merger.calls.calls())
@@ -267,7 +273,7 @@ class ToolLoop:
                 try:
                     chunks = await self.keepalive(self.backend.open_stream(self.request()), out)
                 except GatewayError as e:
-                    await out.write(stream.error_event(self.after_calls(e)))
+                    await self._fail(out, self.after_calls(e))
                     return
                 continue
             if ours:
@@ -275,9 +281,14 @@ class ToolLoop:
             await self._finish(out, merger, client, answered=_has_text("".join(content)))
             return
 
+    async def _fail(self, out: Output, error: GatewayError) -> None:
+        self.error = error.code or error.type
+        await out.write(stream.error_event(error))
+
     async def _finish(
         self, out: Output, merger: StreamMerger, client: list[dict], answered: bool
     ) -> None:
+        self.usage = merger.usage
         if client:
             await out.write(stream.event(merger.client_calls_chunk(client)))
         reason = "tool_calls" if client else merger.finish_reason

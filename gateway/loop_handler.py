@@ -14,8 +14,9 @@ from aiohttp import web
 
 from gateway import codec
 from gateway.deadline import Deadline
-from gateway.edge import REQUEST_ID, SNAPSHOT, start_stream
+from gateway.edge import FACTS, REQUEST_ID, SNAPSHOT, start_stream
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.facts import Facts
 from gateway.loop import LoopSettings, Offer, ToolLoop
 from gateway.openapi.ir import Tool
 from gateway.routing import Route
@@ -37,6 +38,7 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
     toolset = snapshot.tools
     offered = toolset.named(route.id)
     request_id = request[REQUEST_ID]
+    facts = request[FACTS]
     executor = ToolExecutor(
         app[UPSTREAM].session,
         snapshot.toolsets,
@@ -44,19 +46,22 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
         request_id,
         redactor=snapshot.redactor,
         gates=snapshot.tool_gates,
+        facts=facts,
     )
 
     offering = await _offering(request, route, body)
 
-    async def run_call(name: str, arguments: str) -> str:
+    async def run_call(name: str, arguments: str, call_id: str) -> str:
         if offering is not None and name == FIND_TOOLS and offering.selector.find_tools:
+            executor.executed += 1  # counted like other calls
             return offering.find(arguments)  # the gateway's own function
         tool: Tool | None = offered.get(name)
         if tool is None:
+            executor.unknown_function(name, call_id, loop.rounds + 1)
             return _no_such_function(name, list(offered), offering)
-        return (await executor.run(tool, arguments)).content
+        return (await executor.run(tool, arguments, call_id, loop.rounds + 1)).content
 
-    backend = UpstreamBackend(app[UPSTREAM], snapshot.router.chain(route), request_id)
+    backend = UpstreamBackend(app[UPSTREAM], snapshot.router.chain(route), request_id, facts)
     settings = LoopSettings(
         config.limits.max_tool_rounds,
         config.limits.keepalive_interval,
@@ -69,7 +74,7 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
     deadline = Deadline(route)
     try:
         async with deadline.scope():
-            return await _run(request, loop, backend, body.get("stream") is True)
+            return await _run(request, loop, backend, executor, body.get("stream") is True)
     except asyncio.TimeoutError:
         raise loop.after_calls(deadline.passed()) from None
     except GatewayError as e:
@@ -80,10 +85,18 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
         log.exception("request %s: the gateway failed after tool calls ran", request_id)
         failed = GatewayError("The gateway failed while handling this request.")
         raise loop.after_calls(failed) from None
+    finally:
+        facts.tool_rounds, facts.tool_calls = loop.rounds, executor.executed
+        facts.usage(loop.usage)
+        facts.error = facts.error or loop.error
 
 
 async def _run(
-    request: web.Request, loop: ToolLoop, backend: UpstreamBackend, wants_stream: bool
+    request: web.Request,
+    loop: ToolLoop,
+    backend: UpstreamBackend,
+    executor: ToolExecutor,
+    wants_stream: bool,
 ) -> web.StreamResponse:
     if wants_stream:
         out = SSEOutput(request, backend)
@@ -91,7 +104,7 @@ async def _run(
             await loop.stream(out)  # a client that went away ends it; all under it is cancelled
         return await out.close()
     response = await loop.complete()
-    headers = {**backend.headers, TOOL_CALLS_HEADER: str(loop.calls_executed)}
+    headers = {**backend.headers, TOOL_CALLS_HEADER: str(executor.executed)}
     headers["Content-Type"] = "application/json"
     return web.Response(body=orjson.dumps(response), headers=headers)
 
@@ -186,10 +199,13 @@ class SSEOutput:
 class UpstreamBackend:
     """One round against the model's route chain (retries and fallbacks per round)."""
 
-    def __init__(self, upstream: Upstream, chain: list[Route], request_id: str) -> None:
+    def __init__(
+        self, upstream: Upstream, chain: list[Route], request_id: str, facts: Facts | None = None
+    ) -> None:
         self.upstream = upstream
         self.chain = chain
         self.request_id = request_id
+        self.facts = facts
         #: the last round's upstream headers worth passing on (rate limits, openai-*)
         self.headers: dict[str, str] = {}
 
@@ -203,6 +219,7 @@ class UpstreamBackend:
             self._body_for(body),
             stream=False,
             request_id=self.request_id,
+            facts=self.facts,
         )
         self.headers = reply.client_headers()
         return _json_object(reply.body or b"", reply.route)
@@ -214,6 +231,7 @@ class UpstreamBackend:
             self._body_for(body),
             stream=True,
             request_id=self.request_id,
+            facts=self.facts,
         )
         self.headers = reply.client_headers()
         if reply.body is not None:  # the upstream answered a stream request with JSON

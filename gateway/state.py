@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 from pydantic import SecretStr
 
-from gateway.config import GatewayConfig, ToolsetConfig
+from gateway.config import ClientKey, GatewayConfig, ToolsetConfig
 from gateway.redact import Redactor
 from gateway.routing import Router
 from gateway.tools import EMPTY, ToolSet
@@ -38,6 +38,8 @@ class Snapshot:
     tools: ToolSet
     #: client keys (``server.api_keys``) as bytes, ready for the constant-time compare
     client_keys: tuple[bytes, ...]
+    #: what logs and metrics say for each client key: its name, else a short hash of it
+    client_key_names: tuple[str, ...]
     #: toolset configs by name
     toolsets: dict[str, ToolsetConfig]
     #: per toolset, at most ``max_concurrency`` tool requests at a time (all requests share it)
@@ -64,6 +66,7 @@ class Snapshot:
             router=router,
             tools=tools if tools is not None else EMPTY,
             client_keys=tuple(k.get_secret_value().encode() for k in config.server.api_keys),
+            client_key_names=tuple(key_name(k) for k in config.server.api_keys),
             toolsets={t.name: t for t in config.tools},
             tool_gates={t.name: asyncio.Semaphore(t.max_concurrency) for t in config.tools},
             redactor=router.redactor,
@@ -71,6 +74,13 @@ class Snapshot:
             model_cards={k: orjson.dumps(v) for k, v in cards.items()},
             digest=config_digest(config),
         )
+
+
+def key_name(key: ClientKey) -> str:
+    """A client key's configured name, else ``key-`` and 8 hex digits of its SHA-256."""
+    if key.name:
+        return key.name
+    return "key-" + hashlib.sha256(key.get_secret_value().encode()).hexdigest()[:8]
 
 
 def config_digest(config: GatewayConfig) -> str:

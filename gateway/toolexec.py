@@ -30,7 +30,9 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway import logs
 from gateway.config import BasicAuth, ToolsetConfig
+from gateway.facts import Facts
 from gateway.openapi.ir import Body, Param, Tool
 from gateway.redact import Redactor, is_credential_header
 
@@ -55,6 +57,10 @@ class ToolResult:
     content: str
     status: int | None = None
     bytes: int = 0
+    #: ok, http_error, timeout, unreachable, redirect_refused, too_many_redirects, rejected
+    outcome: str = "ok"
+    #: why the call failed, in a few words (for the log line; the model reads ``content``)
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class ToolExecutor:
         *,
         redactor: Redactor = _NO_REDACTION,
         gates: Mapping[str, asyncio.Semaphore] | None = None,
+        facts: Facts | None = None,
     ) -> None:
         self.session = session
         self.toolsets = toolsets
@@ -106,56 +113,121 @@ class ToolExecutor:
         self.request_id = request_id
         self.redactor = redactor
         self.gates = gates or {}
+        self.facts = facts
+        self.tracing = facts.obs.tracing if facts is not None else None
         self.executed = 0
 
-    async def run(self, tool: Tool, arguments: str) -> ToolResult:
+    async def run(
+        self, tool: Tool, arguments: str, call_id: str = "", round: int = 0
+    ) -> ToolResult:
+        if self.tracing is None:
+            return await self._run(tool, arguments, call_id, round)
+        with self.tracing.tool(tool.name, tool.toolset, call_id) as span:
+            result = await self._run(tool, arguments, call_id, round)
+            if result.outcome != "ok":
+                span.set_attribute("error.type", result.outcome)
+            return result
+
+    async def _run(self, tool: Tool, arguments: str, call_id: str, round: int) -> ToolResult:
         started = time.perf_counter()
         toolset = self.toolsets[tool.toolset]
         try:
             args = parse_arguments(tool, arguments)
             request = build_request(tool, args, toolset)
         except ArgumentError as e:
-            log.info("tool %s: rejected arguments (request %s): %s", tool.name, self.request_id, e)
-            return ToolResult(self.redactor.redact(f"Error: {e}"))
+            reason = self.redactor.redact(" ".join(str(e).split()))
+            result = ToolResult(
+                self.redactor.redact(f"Error: {e}"), outcome="rejected", error=reason
+            )
+            self._report(tool.name, tool.toolset, call_id, round, None, result, None)
+            return result
         self.executed += 1
         gate = self.gates.get(tool.toolset)
         async with gate if gate is not None else contextlib.nullcontext():
             result = await self._send(toolset, request)
-        log.info(
-            "tool call request_id=%s function=%s method=%s url=%s status=%s ms=%.1f bytes=%d",
-            self.request_id,
-            tool.name,
-            request.method,
-            request.log_url,
-            result.status,
-            (time.perf_counter() - started) * 1000,
-            result.bytes,
-        )
+        seconds = time.perf_counter() - started
+        self._report(tool.name, tool.toolset, call_id, round, request, result, seconds)
         return result
+
+    def unknown_function(self, name: str, call_id: str, round: int) -> None:
+        """The model called a function it was not offered: logged, counted, not executed."""
+        result = ToolResult("", outcome="unknown_function", error="no such function")
+        self._report(name[:128], None, call_id, round, None, result, None)
+
+    def _report(
+        self,
+        function: str,
+        toolset: str | None,
+        call_id: str,
+        round: int,
+        request: Request | None,
+        result: ToolResult,
+        seconds: float | None,
+    ) -> None:
+        fields = {
+            "request_id": self.request_id,
+            "model": self.facts.route if self.facts is not None else None,
+            "round": round,
+            "call_id": call_id[:128],
+            "toolset": toolset,
+            "function": function,
+            "method": request.method if request is not None else None,
+            "url": self._log_url(request, toolset),
+            "status": result.status,
+            "outcome": result.outcome,
+            "error": result.error,
+            "ms": round_ms(seconds),
+            "bytes": result.bytes,
+        }
+        if self.facts is None:
+            logs.event(log, "tool call", fields)
+            return
+        label = function if toolset is not None else "unknown"
+        self.facts.obs.tool_call(fields, toolset or "none", label, result.outcome, seconds)
+
+    def _log_url(self, request: Request | None, toolset: str | None) -> str | None:
+        if request is None or toolset is None:
+            return None
+        return self.redactor.redact(request.log_url)
 
     async def _send(self, toolset: ToolsetConfig, request: Request) -> ToolResult:
         timeout = toolset.timeout
         try:
-            return await self._follow(request, aiohttp.ClientTimeout(total=timeout))
+            result = await self._follow(request, aiohttp.ClientTimeout(total=timeout))
         except asyncio.TimeoutError:
             return ToolResult(
                 f"Error: {request.method} {request.log_url} did not answer within "
-                f"{timeout:g} s (the toolset's timeout)."
+                f"{timeout:g} s (the toolset's timeout).",
+                outcome="timeout",
+                error=f"no answer within {timeout:g} s",
             )
         except aiohttp.ClientError as e:
             reason = _reason(e)
             return ToolResult(
                 f"Error: could not reach {urlsplit(request.log_url).netloc} for "
-                f"{request.method} {request.log_url}: {reason}."
+                f"{request.method} {request.log_url}: {reason}.",
+                outcome="unreachable",
+                error=reason,
             )
         except (ValueError, UnicodeError) as e:  # the HTTP stack refused a value
             reason = self.redactor.redact(str(e)) if type(e) is ValueError else type(e).__name__
             return ToolResult(
-                f"Error: {request.method} {request.log_url} could not be sent: {reason}."
+                f"Error: {request.method} {request.log_url} could not be sent: {reason}.",
+                outcome="not_sent",
+                error=reason,
             )
+        if result.outcome == "ok" and result.status is not None and result.status >= 400:
+            result.outcome, result.error = "http_error", f"HTTP {result.status}"
+        return result
 
     async def _follow(self, request: Request, timeout: aiohttp.ClientTimeout) -> ToolResult:
         method, url, body, headers = request.method, request.url, request.body, request.headers
+        if self.request_id or self.tracing is not None:
+            headers = CIMultiDict(headers)  # a copy: the request's own may be reused
+            if self.request_id:
+                headers.setdefault("X-Request-Id", self.request_id)
+            if self.tracing is not None:
+                self.tracing.propagator.inject(headers)
         for _ in range(MAX_REDIRECTS + 1):
             async with self.session.request(
                 method,
@@ -172,13 +244,23 @@ class ToolExecutor:
                         return ToolResult(
                             f"HTTP {resp.status}\nRedirect to {refused} was not followed.",
                             resp.status,
+                            outcome="redirect_refused",
+                            error=f"redirect to {_origin(target)} not followed",
                         )
                     if resp.status in (301, 302, 303) and method != "HEAD":
                         method, body = "GET", None
                     url = target
                     continue
                 return await read_result(resp, self.max_bytes, self.redactor)
-        return ToolResult(f"Error: more than {MAX_REDIRECTS} redirects.")
+        return ToolResult(
+            f"Error: more than {MAX_REDIRECTS} redirects.",
+            outcome="too_many_redirects",
+            error=f"more than {MAX_REDIRECTS} redirects",
+        )
+
+
+def round_ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def redirect_target(url: str, location: str, base: str) -> tuple[str, str | None]:

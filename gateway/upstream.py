@@ -31,6 +31,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from gateway.facts import Facts
 from gateway.redact import Redactor
 from gateway.routing import Route
 
@@ -105,28 +106,59 @@ class Upstream:
         stream: bool,
         request_id: str = "",
         query: str = "",
+        facts: Facts | None = None,
     ) -> Reply:
         """Send to the first route that answers successfully; raise the last failure."""
+        tracing = facts.obs.tracing if facts is not None else None
+        if tracing is None:
+            return await self._call_chain(chain, path, body_for, stream, request_id, query, facts)
+        first = chain[0]
+        with tracing.round(first.id, first.upstream_model, first.host):
+            return await self._call_chain(chain, path, body_for, stream, request_id, query, facts)
+
+    async def _call_chain(
+        self,
+        chain: list[Route],
+        path: str,
+        body_for: BodyFor,
+        stream: bool,
+        request_id: str,
+        query: str,
+        facts: Facts | None,
+    ) -> Reply:
         error: GatewayError | None = None
         for route in chain:
             try:
-                return await self._call_route(
-                    route, path, body_for(route), stream, request_id, query
+                reply = await self._call_route(
+                    route, path, body_for(route), stream, request_id, query, facts
                 )
             except (UpstreamError, UpstreamKeyMissing) as e:
                 error = e
-                if not _falls_back(e) or route is chain[-1]:
+                falls_back = _falls_back(e) and route is not chain[-1]
+                if facts is not None:
+                    _failed(facts, route, e, falls_back)
+                if not falls_back:
                     raise
                 log.warning("model %s failed (%s); falling back", route.id, e.message)
+                continue
+            if facts is not None:
+                facts.served, facts.upstream_status = route.id, reply.status
+                facts.obs.attempt(route.id, "ok")
+            return reply
         raise error or UpstreamUnreachable("no route")  # pragma: no cover - chain is never empty
 
     async def _call_route(
-        self, route: Route, path: str, body: bytes, stream: bool, request_id: str, query: str
+        self,
+        route: Route,
+        path: str,
+        body: bytes,
+        stream: bool,
+        request_id: str,
+        query: str,
+        facts: Facts | None = None,
     ) -> Reply:
         route.check_key()
-        headers = route.stream_headers if stream else route.send_headers
-        if request_id:
-            headers = {**headers, "X-Request-Id": request_id}
+        headers = _send_headers(route, stream, request_id, facts)
         url = route.url(path) + (f"?{query}" if query else "")
         timeout = route.client_timeout
         for attempt in range(route.retries + 1):
@@ -136,6 +168,7 @@ class Upstream:
             except aiohttp.ClientConnectionError as e:
                 if last or isinstance(e, aiohttp.ServerTimeoutError):
                     raise _connection_error(route, e) from None
+                _retried(facts, route)
                 await asyncio.sleep(_delay(route, attempt, None) or 0.0)
                 continue
             except asyncio.TimeoutError:
@@ -151,6 +184,7 @@ class Upstream:
                 delay = _delay(route, attempt, resp.headers.get("Retry-After"))
                 resp.release()
                 if delay is not None:
+                    _retried(facts, route)
                     log.info(
                         "model %s: HTTP %s, retry %d in %.2fs",
                         route.id,
@@ -162,6 +196,23 @@ class Upstream:
                     continue
             raise await error_from_response(route, resp)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _send_headers(
+    route: Route, stream: bool, request_id: str, facts: Facts | None
+) -> dict[str, str]:
+    """The route's ready-made headers, plus this request's id and trace context."""
+    headers = route.stream_headers if stream else route.send_headers
+    if request_id:
+        headers = {**headers, "X-Request-Id": request_id}
+    if facts is not None and facts.obs.tracing is not None:
+        headers = facts.obs.tracing.inject(headers)
+    return headers
+
+
+def _retried(facts: Facts | None, route: Route) -> None:
+    if facts is not None:
+        facts.obs.attempt(route.id, "retried")
 
 
 async def _finish(route: Route, resp: aiohttp.ClientResponse, stream: bool) -> Reply:
@@ -221,6 +272,25 @@ def _falls_back(e: GatewayError) -> bool:
     if isinstance(e, (UpstreamUnreachable, UpstreamTimeout, UpstreamKeyMissing)):
         return True
     return isinstance(e, UpstreamError) and e.status in RETRY_STATUSES
+
+
+def _failed(facts: Facts, route: Route, e: GatewayError, falls_back: bool) -> None:
+    """Note a route's failure: its outcome, and the upstream's status if it answered."""
+    answered = isinstance(e, UpstreamError) and not isinstance(
+        e, (UpstreamUnreachable, UpstreamTimeout)
+    )
+    facts.upstream_status = e.status if answered else None
+    if falls_back:
+        outcome = "fell_back"
+    elif isinstance(e, UpstreamTimeout):
+        outcome = "timeout"
+    elif isinstance(e, UpstreamKeyMissing):
+        outcome = "no_key"
+    elif not answered:
+        outcome = "unreachable"
+    else:
+        outcome = "4xx" if e.status < 500 else "5xx"
+    facts.obs.attempt(route.id, outcome)
 
 
 def _delay(route: Route, attempt: int, retry_after: str | None) -> float | None:

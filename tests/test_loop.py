@@ -45,7 +45,7 @@ def reply(content: str | None = None, *names: str) -> dict[str, Any]:
 async def run(script: Script, body: dict[str, Any], max_rounds: int = 8):
     ran: list[str] = []
 
-    async def run_call(name: str, arguments: str) -> str:
+    async def run_call(name: str, arguments: str, call_id: str) -> str:
         ran.append(name)
         return f"result of {name}"
 

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 TOKEN = "tool-secret-token"
 
@@ -173,6 +174,7 @@ SPEC: dict[str, Any] = {
 class ToolAPI:
     def __init__(self) -> None:
         self.calls: list[str] = []  # "METHOD /path?query"
+        self.headers: list[CIMultiDict[str]] = []  # the headers of each call
         self.active = 0
         self.cancelled = 0
         self.app = web.Application()
@@ -195,6 +197,7 @@ class ToolAPI:
     @web.middleware
     async def _track(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.calls.append(f"{request.method} {request.raw_path}")
+        self.headers.append(CIMultiDict(request.headers))
         self.active += 1
         try:
             return await handler(request)
