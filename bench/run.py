@@ -123,6 +123,7 @@ class Servers:
                     "api_key": "bench",
                     "upstream_model": "up-model",
                 },
+                *self.bad_models(),
                 {
                     "id": "bench-tools",
                     "base_url": self.upstream + "/v1",
@@ -136,6 +137,20 @@ class Servers:
         path = self.workdir / "gateway.yaml"
         path.write_text(json.dumps(config))
         return path
+
+    def bad_models(self) -> list[dict]:
+        """Models whose upstream misbehaves (scenario 7), with the default limits."""
+        models = []
+        for kind in ("huge", "bomb", "endless", "endless-line"):
+            entry = {
+                "id": f"bad-{kind}",
+                "base_url": f"{self.upstream}/bad/{kind}/v1",
+                "request_timeout": 5,
+            }
+            if kind == "endless-line":  # parsed by the tool loop, not relayed
+                entry["tools"] = ["weather"]
+            models.append(entry)
+        return models
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -432,7 +447,7 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated scenarios to run (1a,1b,1c,2a,2b,3a,3b,4,5,6); default all",
+        help="comma-separated scenarios to run (1a,1b,1c,2a,2b,3a,3b,4,5,6,7); default all",
     )
     args = ap.parse_args()
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -536,6 +551,7 @@ def run_all(servers: Servers, args: argparse.Namespace, workdir: Path, lines: Re
         "5": lambda: out.extend(memory(servers, workdir)),
         "1c": lambda: out.extend(workers(servers, small, sec, reps, workdir)),
         "6": lambda: out.extend(startup_report(workdir)),
+        "7": lambda: out.extend(robustness(servers)),
     }
     unknown = args.only - set(scenarios)
     if unknown:
@@ -636,6 +652,77 @@ def memory(servers: Servers, workdir: Path) -> list[str]:
         f"{idle['peak']:.1f} | {idle['fds']} |",
         "",
         f"RSS after 50,000 vs after 5,000 requests: {growth:+.1f}%",
+        "",
+    ]
+
+
+BAD = {
+    "huge": ("1 GiB body", False),
+    "bomb": ("gzip bomb (1 MB inflating to 1 GiB)", False),
+    "endless": ("endless stream, relayed", True),
+    "endless-line": ("endless SSE line, tool loop", True),
+}
+
+
+async def misbehave(url: str, pid: int, kind: str, parallel: int) -> dict:
+    """``parallel`` requests to a misbehaving upstream; peak RSS and /healthz while they run."""
+    body = {"model": f"bad-{kind}", "messages": MESSAGES, "stream": BAD[kind][1]}
+    peak, health, statuses = proc_stats(pid)["rss"], [], []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+
+        async def one() -> None:
+            async with s.post(url + "/v1/chat/completions", json=body) as r:
+                size = 0
+                async for chunk in r.content.iter_any():
+                    size += len(chunk)
+                statuses.append(
+                    f"{r.status}" + (f" ({size >> 20} MiB relayed)" if size > 1 << 20 else "")
+                )
+
+        tasks = [asyncio.create_task(one()) for _ in range(parallel)]
+        t0 = time.monotonic()
+        while not all(t.done() for t in tasks):
+            peak = max(peak, proc_stats(pid)["rss"])
+            h0 = time.perf_counter()
+            async with s.get(url + "/healthz") as r:
+                await r.read()
+            health.append((time.perf_counter() - h0) * 1000)
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*tasks)
+    return {
+        "peak": peak,
+        "seconds": time.monotonic() - t0,
+        "health_max": max(health, default=0.0),
+        "health_p50": statistics.median(health) if health else 0.0,
+        "statuses": ", ".join(sorted(set(statuses))),
+    }
+
+
+def robustness(servers: Servers, parallel: int = 3) -> list[str]:
+    """Each misbehaving upstream against a fresh gateway process, so each peak is its own."""
+    rows = []
+    for kind, (label, _) in BAD.items():
+        url, proc = servers.start_gateway(1)
+        wrk(url, {"model": "bench", "messages": MESSAGES}, 8, 1, servers.workdir)  # warm up
+        idle = proc_stats(proc.pid)
+        r = asyncio.run(misbehave(url, proc.pid, kind, parallel))
+        peak = proc_stats(proc.pid)["peak"]  # VmHWM: the process's peak, sampled or not
+        proc.terminate()
+        proc.wait(10)
+        rows.append(
+            f"| {label} | {r['statuses']} | {r['seconds']:.1f} s | {idle['rss']:.0f} MiB | "
+            f"{peak:.0f} MiB | {r['health_p50']:.1f} / {r['health_max']:.0f} ms |"
+        )
+    return [
+        f"## 7. robustness: {parallel} requests at once to a misbehaving upstream",
+        "",
+        "A fresh gateway process per row; default limits (max_response_bytes 32 MiB), "
+        "request_timeout 5 s for these models. Before these limits: a 1 GiB body took the "
+        "process to 2,145 MiB, three gzip bombs to 6,218 MiB.",
+        "",
+        "| upstream sends | client gets | took | idle RSS | peak RSS | /healthz p50 / max |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+        *rows,
         "",
     ]
 

@@ -5,9 +5,13 @@ POST /v1/chat/completions answers from pre-built bytes:
 - a body offering the function getWeather, with no tool message yet, gets a tool call;
 - anything else gets a small completion.
 GET /weather is the tool server.
+POST /bad/{kind}/v1/chat/completions misbehaves (the robustness scenario): ``huge`` sends a
+1 GiB body, ``bomb`` a gzip body that inflates to 1 GiB, ``endless`` an SSE stream that never
+ends, ``endless-line`` one SSE data line that never ends.
 """
 
 import asyncio
+import gzip
 import sys
 
 import orjson
@@ -106,7 +110,42 @@ async def weather(request):
     return web.Response(body=WEATHER, content_type="application/json")
 
 
+MIB = b"a" * (1 << 20)
+_bomb: list[bytes] = []
+
+
+def gzip_bomb() -> bytes:
+    """1 GiB of 'a' as 64 gzip members of 16 MiB each (about 1 MB in all), built once."""
+    if not _bomb:
+        _bomb.append(gzip.compress(MIB * 16, 9) * 64)
+    return _bomb[0]
+
+
+async def bad(request):
+    kind = request.match_info["kind"]
+    await request.read()
+    if kind == "bomb":
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(body=gzip_bomb(), headers=headers)
+    sse = kind.startswith("endless")
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream" if sse else "application/json"}
+    )
+    await resp.prepare(request)
+    if kind == "huge":
+        for _ in range(1024):
+            await resp.write(MIB)
+        await resp.write_eof()
+        return resp
+    if kind == "endless-line":
+        await resp.write(b"data: ")
+    while True:  # until the gateway goes away
+        await resp.write(MIB[:65536] if kind == "endless-line" else STREAM[1])
+        await asyncio.sleep(0)
+
+
 app = web.Application(client_max_size=64 * 1024 * 1024)
+app.router.add_post("/bad/{kind}/v1/chat/completions", bad)
 app.router.add_post("/v1/chat/completions", chat)
 app.router.add_get("/weather", weather)
 if __name__ == "__main__":
