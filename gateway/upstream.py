@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -164,7 +165,9 @@ class Upstream:
         for attempt in range(route.retries + 1):
             last = attempt == route.retries
             try:
-                resp = await self.session.post(url, data=body, headers=headers, timeout=timeout)
+                resp = await self.session.post(
+                    url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                )
             except aiohttp.ClientConnectionError as e:
                 if last or isinstance(e, aiohttp.ServerTimeoutError):
                     raise _connection_error(route, e) from None
@@ -178,6 +181,8 @@ class Upstream:
                     f"The base_url of model {route.id!r} cannot be used ({e}); "
                     "fix it in the gateway config"
                 ) from None
+            if 300 <= resp.status < 400:
+                raise _redirected(route, resp)
             if resp.status < 400:
                 return await _finish(route, resp, stream)
             if resp.status in RETRY_STATUSES and not last:
@@ -213,6 +218,24 @@ def _send_headers(
 def _retried(facts: Facts | None, route: Route) -> None:
     if facts is not None:
         facts.obs.attempt(route.id, "retried")
+
+
+def _redirected(route: Route, resp: aiohttp.ClientResponse) -> UpstreamError:
+    """Upstream redirects are not followed: the model's key headers would go along.
+
+    (aiohttp drops ``Authorization`` on a redirect to another host, but not ``api-key``
+    or any other header that carries a key.)
+    """
+    resp.release()
+    where = urlsplit(resp.headers.get("Location", "").strip())
+    target = route.redactor.redact(f"{where.scheme}://{where.netloc}{where.path}")
+    return UpstreamError(
+        f"The upstream of model {route.id!r} at {route.host} answered HTTP {resp.status}, a "
+        f"redirect to {target}; the gateway does not follow upstream redirects (the model's "
+        "key would go along). Set this model's base_url to the address it should call.",
+        status=502,
+        code="upstream_redirect",
+    )
 
 
 async def _finish(route: Route, resp: aiohttp.ClientResponse, stream: bool) -> Reply:

@@ -399,3 +399,20 @@ async def test_upstream_error_event_in_a_tool_loop_stream_is_redacted(gateway):
     assert b"sk-upstream-secret" not in raw
     [event] = [e for e in events(raw) if "error" in e]
     assert event["error"]["details"] == [{"auth": "Bearer [redacted]"}]
+
+
+async def test_upstream_redirect_to_another_host_is_not_followed(fake_upstream, make_gateway, oai):
+    """aiohttp would follow it and keep an Azure-style api-key header on the way."""
+    up, elsewhere = await fake_upstream(), await fake_upstream()
+    up.default = Reply(status=307, headers={"Location": elsewhere.url + "/steal?k=1"})
+    key = "azure-key-never-elsewhere"
+    gw = await make_gateway(
+        {"models": [{"id": "az", "base_url": up.url + "/v1", "headers": {"api-key": key}}]}
+    )
+    with pytest.raises(openai.APIStatusError) as e:
+        await oai(gw).chat.completions.create(model="az", messages=USER)
+    assert e.value.status_code == 502 and elsewhere.received == []
+    body = e.value.response.json()
+    assert body["error"]["code"] == "upstream_redirect"
+    assert f"a redirect to {elsewhere.url}/steal;" in body["error"]["message"]
+    assert_valid("ErrorResponse", body)
