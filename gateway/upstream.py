@@ -128,7 +128,8 @@ class Upstream:
         facts: Facts | None,
     ) -> Reply:
         error: GatewayError | None = None
-        for route in chain:
+        tried: list[str] = []  # why the models before this one were passed over
+        for i, route in enumerate(chain):
             try:
                 reply = await self._call_route(
                     route, path, body_for(route), stream, request_id, query, facts
@@ -139,8 +140,12 @@ class Upstream:
                 if facts is not None:
                     _failed(facts, route, e, falls_back)
                 if not falls_back:
+                    _tell_tried(e, tried)
                     raise
-                log.warning("model %s failed (%s); falling back", route.id, e.message)
+                log.warning(
+                    "model %s failed (%s); falling back to %s", route.id, e.message, chain[i + 1].id
+                )
+                tried.append(e.message)
                 continue
             if facts is not None:
                 facts.served, facts.upstream_status = route.id, reply.status
@@ -288,6 +293,13 @@ def too_large(route: Route, what: str = "a response") -> UpstreamError:
         status=502,
         code="upstream_response_too_large",
     )
+
+
+def _tell_tried(e: GatewayError, tried: list[str]) -> None:
+    """A fallback's own failure also says why the models before it were not used
+    (an unset key would otherwise go unmentioned); an upstream's own error stays as sent."""
+    if tried and not (isinstance(e, UpstreamError) and e.error is not None):
+        e.message = f"{e.message} (a fallback, tried because {'; then '.join(tried)})"
 
 
 def _falls_back(e: GatewayError) -> bool:

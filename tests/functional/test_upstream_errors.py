@@ -100,6 +100,13 @@ async def test_model_with_unset_key_variable_falls_back_like_an_unreachable_one(
     lines = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
     assert len(lines) == 2  # logged every time
     assert "model a" in lines[0] and "UNSET_PRIMARY_KEY" in lines[0]
+    # a fallback that fails too says why the first model was passed over
+    up.default = Reply(status=503, raw=b"overloaded", content_type="text/plain")
+    with pytest.raises(openai.InternalServerError) as e:
+        await oai(gw).chat.completions.create(model="a", messages=MESSAGES)
+    message = e.value.response.json()["error"]["message"]
+    assert message.startswith("overloaded (a fallback, tried because model 'a' has an empty")
+    assert "UNSET_PRIMARY_KEY" in message
     # with no fallback left, the missing key is still the clear 401 it was
     gw = await make_gateway({"models": [primary]})
     with pytest.raises(openai.AuthenticationError) as e:
