@@ -22,10 +22,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from gateway import envconfig
@@ -259,6 +262,53 @@ Auth = Annotated[
 ]
 
 
+class BasicCredential(_Model):
+    """``credentials`` value for an http basic scheme."""
+
+    username: str
+    password: SecretStr
+
+
+class ClientCredentials(_Model):
+    """``credentials`` value for an oauth2 scheme: the gateway obtains the token itself."""
+
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    scopes: list[str] = []
+    token_url: str | None = None  # when the document's scheme has no clientCredentials flow
+
+    @field_validator("token_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v)
+
+
+class FromHeader(_Model):
+    """``credentials`` value taken from each client request's header (a per-user token)."""
+
+    from_header: str = Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _credential_kind(value: Any) -> str:
+    if not isinstance(value, (dict, BaseModel)):
+        return "secret"
+    keys = value.keys() if isinstance(value, dict) else type(value).model_fields.keys()
+    if "from_header" in keys:
+        return "from_header"
+    return "oauth2_client" if "client_id" in keys or "client_secret" in keys else "basic"
+
+
+#: a value under ``credentials:`` (keys are the document's security scheme names): a
+#: secret, ``{username, password}``, ``{client_id, client_secret, ...}`` or ``{from_header}``
+Credential = Annotated[
+    Annotated[SecretStr, Tag("secret")]
+    | Annotated[BasicCredential, Tag("basic")]
+    | Annotated[ClientCredentials, Tag("oauth2_client")]
+    | Annotated[FromHeader, Tag("from_header")],
+    Discriminator(_credential_kind),
+]
+
+
 class ToolsetConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     spec: str = Field(min_length=1)
@@ -275,6 +325,17 @@ class ToolsetConfig(_Model):
     #: sent when fetching the spec and its remote refs on the spec's own origin
     spec_headers: dict[str, SecretStr] = {}
     max_concurrency: int = Field(8, ge=1, le=1024)  # requests to this toolset at a time
+    #: per security scheme of the document (its own names): the value to send
+    credentials: dict[str, Credential] = {}
+
+    @model_validator(mode="after")
+    def _auth_or_credentials(self) -> ToolsetConfig:
+        if self.auth is not None and self.credentials:
+            raise ValueError(
+                "set either auth (one credential for every call, for documents without "
+                "security schemes) or credentials (per security scheme), not both"
+            )
+        return self
 
     @field_validator("base_url")
     @classmethod

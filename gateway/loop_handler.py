@@ -47,6 +47,8 @@ async def handle(request: web.Request, route: Route, body: dict[str, Any]) -> we
         redactor=snapshot.redactor,
         gates=snapshot.tool_gates,
         facts=facts,
+        credentials=snapshot.credentials,
+        client_headers=request.headers,  # per-user tokens (credentials with from_header)
     )
 
     offering = await _offering(request, route, body)

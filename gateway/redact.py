@@ -34,8 +34,16 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import orjson
+from pydantic import SecretStr
 
-from gateway.config import BasicAuth, GatewayConfig, ModelConfig, ToolsetConfig
+from gateway.config import (
+    BasicAuth,
+    BasicCredential,
+    ClientCredentials,
+    GatewayConfig,
+    ModelConfig,
+    ToolsetConfig,
+)
 
 MARK = "[redacted]"
 MIN_SECRET_LENGTH = 4
@@ -236,6 +244,7 @@ def model_secrets(model: ModelConfig) -> list[str]:
 def toolset_secrets(toolset: ToolsetConfig) -> list[str]:
     out = header_secrets(toolset.headers)
     out += [v.get_secret_value() for v in toolset.spec_headers.values()]
+    out += credential_secrets(toolset)
     auth = toolset.auth
     if auth is None:
         return out
@@ -244,6 +253,20 @@ def toolset_secrets(toolset: ToolsetConfig) -> list[str]:
         return [*out, password, f"{auth.username}:{password}"]
     value = auth.token if auth.type == "bearer" else auth.value
     return [*out, value.get_secret_value()]
+
+
+def credential_secrets(toolset: ToolsetConfig) -> list[str]:
+    """The values under ``credentials:`` (tokens fetched or sent per user are added per call)."""
+    out = []
+    for value in toolset.credentials.values():
+        if isinstance(value, SecretStr):
+            out.append(value.get_secret_value())
+        elif isinstance(value, BasicCredential):
+            password = value.password.get_secret_value()
+            out += [password, f"{value.username}:{password}"]
+        elif isinstance(value, ClientCredentials):
+            out.append(value.client_secret.get_secret_value())
+    return out
 
 
 def config_secrets(config: GatewayConfig) -> list[str]:

@@ -23,6 +23,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from gateway.config import ClientKey, GatewayConfig, ToolsetConfig
+from gateway.credentials import ToolsetCredentials
 from gateway.redact import Redactor
 from gateway.routing import Router
 from gateway.tools import EMPTY, ToolSet
@@ -44,6 +45,8 @@ class Snapshot:
     toolsets: dict[str, ToolsetConfig]
     #: per toolset, at most ``max_concurrency`` tool requests at a time (all requests share it)
     tool_gates: dict[str, asyncio.Semaphore]
+    #: per toolset with ``credentials:``: values by scheme, and its OAuth2 token caches
+    credentials: dict[str, ToolsetCredentials]
     #: every secret of the config in every wire form (``gateway.redact``); the router's
     redactor: Redactor
     #: ``GET /v1/models`` and ``GET /v1/models/{id}`` bodies, serialised once
@@ -61,14 +64,21 @@ class Snapshot:
             for m in config.models
         }
         router = Router(config)
+        tools = tools if tools is not None else EMPTY
+        toolsets = {t.name: t for t in config.tools}
         return cls(
             config=config,
             router=router,
-            tools=tools if tools is not None else EMPTY,
+            tools=tools,
             client_keys=tuple(k.get_secret_value().encode() for k in config.server.api_keys),
             client_key_names=tuple(key_name(k) for k in config.server.api_keys),
-            toolsets={t.name: t for t in config.tools},
+            toolsets=toolsets,
             tool_gates={t.name: asyncio.Semaphore(t.max_concurrency) for t in config.tools},
+            credentials={
+                r.name: ToolsetCredentials(toolsets[r.name], r.schemes)
+                for r in tools.reports
+                if r.name in toolsets and toolsets[r.name].credentials
+            },
             redactor=router.redactor,
             models_body=orjson.dumps({"object": "list", "data": list(cards.values())}),
             model_cards={k: orjson.dumps(v) for k, v in cards.items()},

@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
@@ -32,6 +32,7 @@ from yarl import URL
 
 from gateway import logs
 from gateway.config import BasicAuth, ToolsetConfig
+from gateway.credentials import CallCredentials, Credential, CredentialError, ToolsetCredentials
 from gateway.facts import Facts
 from gateway.openapi.ir import Body, Param, Tool
 from gateway.redact import Redactor, is_credential_header
@@ -57,7 +58,8 @@ class ToolResult:
     content: str
     status: int | None = None
     bytes: int = 0
-    #: ok, http_error, timeout, unreachable, redirect_refused, too_many_redirects, rejected
+    #: ok, http_error, timeout, unreachable, redirect_refused, too_many_redirects, rejected,
+    #: no_credentials (a per-user value missing, a token endpoint failing)
     outcome: str = "ok"
     #: why the call failed, in a few words (for the log line; the model reads ``content``)
     error: str | None = None
@@ -71,22 +73,6 @@ class Request:
     body: bytes | aiohttp.FormData | None
     log_url: str  # without credentials
     base: str  # the server URL: redirects stay under it
-
-
-@dataclass(frozen=True)
-class Credential:
-    """One credential a call carries: where it goes, its name there, its value as sent."""
-
-    location: Literal["header", "query", "cookie"]
-    name: str
-    value: str
-
-    def claims(self, location: str, name: str) -> bool:
-        """Would a parameter ``name`` in ``location`` set or shadow this credential?"""
-        key = name.strip().lower()
-        if (location, key, self.location) == ("header", "cookie", "cookie"):
-            return True  # a Cookie header would replace the cookie credential
-        return location == self.location and key == self.name.lower()
 
 
 class ToolExecutor:
@@ -106,6 +92,8 @@ class ToolExecutor:
         redactor: Redactor = _NO_REDACTION,
         gates: Mapping[str, asyncio.Semaphore] | None = None,
         facts: Facts | None = None,
+        credentials: Mapping[str, ToolsetCredentials] | None = None,
+        client_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.session = session
         self.toolsets = toolsets
@@ -115,6 +103,9 @@ class ToolExecutor:
         self.gates = gates or {}
         self.facts = facts
         self.tracing = facts.obs.tracing if facts is not None else None
+        #: per toolset with ``credentials:``; per-user values come from ``client_headers``
+        self.credentials = credentials or {}
+        self.client_headers = client_headers or {}
         self.executed = 0
 
     async def run(
@@ -133,21 +124,52 @@ class ToolExecutor:
         toolset = self.toolsets[tool.toolset]
         try:
             args = parse_arguments(tool, arguments)
-            request = build_request(tool, args, toolset)
-        except ArgumentError as e:
-            reason = self.redactor.redact(" ".join(str(e).split()))
-            result = ToolResult(
-                self.redactor.redact(f"Error: {e}"), outcome="rejected", error=reason
-            )
+            request, call = await self._prepare(tool, args, toolset)
+        except (ArgumentError, CredentialError) as e:
+            result = self._not_called(e)
             self._report(tool.name, tool.toolset, call_id, round, None, result, None)
             return result
         self.executed += 1
-        gate = self.gates.get(tool.toolset)
-        async with gate if gate is not None else contextlib.nullcontext():
-            result = await self._send(toolset, request)
+        result = await self._call(toolset, request, call)
+        if result.status == 401 and call.tokens:  # the token may have been revoked: once more
+            for source, token in call.tokens:
+                source.expire(token)
+            try:
+                request, call = await self._prepare(tool, args, toolset)
+            except (ArgumentError, CredentialError) as e:
+                result = self._not_called(e)
+            else:
+                result = await self._call(toolset, request, call)
         seconds = time.perf_counter() - started
         self._report(tool.name, tool.toolset, call_id, round, request, result, seconds)
         return result
+
+    def _not_called(self, e: ArgumentError | CredentialError) -> ToolResult:
+        reason = self.redactor.redact(" ".join(str(e).split()))
+        outcome = "rejected" if isinstance(e, ArgumentError) else "no_credentials"
+        return ToolResult(self.redactor.redact(f"Error: {e}"), outcome=outcome, error=reason)
+
+    async def _prepare(
+        self, tool: Tool, args: dict[str, Any], toolset: ToolsetConfig
+    ) -> tuple[Request, CallCredentials]:
+        """The request, with the credentials the operation's security asks for (if any)."""
+        per_operation = self.credentials.get(tool.toolset)
+        if per_operation is None:
+            return build_request(tool, args, toolset), CallCredentials()
+        call = await per_operation.for_call(tool.operation, self.session, self.client_headers)
+        creds = [*credentials_for(toolset), *call.credentials]
+        return build_request(tool, args, toolset, creds), call
+
+    async def _call(
+        self, toolset: ToolsetConfig, request: Request, call: CallCredentials
+    ) -> ToolResult:
+        """Send within the toolset's concurrency cap; tokens of this call are redacted too."""
+        redactor = self.redactor
+        if call.secrets:
+            redactor = Redactor([*self.redactor.secrets, *call.secrets])
+        gate = self.gates.get(toolset.name)
+        async with gate if gate is not None else contextlib.nullcontext():
+            return await self._send(toolset, request, redactor)
 
     def unknown_function(self, name: str, call_id: str, round: int) -> None:
         """The model called a function it was not offered: logged, counted, not executed."""
@@ -190,10 +212,12 @@ class ToolExecutor:
             return None
         return self.redactor.redact(request.log_url)
 
-    async def _send(self, toolset: ToolsetConfig, request: Request) -> ToolResult:
+    async def _send(
+        self, toolset: ToolsetConfig, request: Request, redactor: Redactor
+    ) -> ToolResult:
         timeout = toolset.timeout
         try:
-            result = await self._follow(request, aiohttp.ClientTimeout(total=timeout))
+            result = await self._follow(request, aiohttp.ClientTimeout(total=timeout), redactor)
         except asyncio.TimeoutError:
             return ToolResult(
                 f"Error: {request.method} {request.log_url} did not answer within "
@@ -210,7 +234,7 @@ class ToolExecutor:
                 error=reason,
             )
         except (ValueError, UnicodeError) as e:  # the HTTP stack refused a value
-            reason = self.redactor.redact(str(e)) if type(e) is ValueError else type(e).__name__
+            reason = redactor.redact(str(e)) if type(e) is ValueError else type(e).__name__
             return ToolResult(
                 f"Error: {request.method} {request.log_url} could not be sent: {reason}.",
                 outcome="not_sent",
@@ -220,7 +244,9 @@ class ToolExecutor:
             result.outcome, result.error = "http_error", f"HTTP {result.status}"
         return result
 
-    async def _follow(self, request: Request, timeout: aiohttp.ClientTimeout) -> ToolResult:
+    async def _follow(
+        self, request: Request, timeout: aiohttp.ClientTimeout, redactor: Redactor
+    ) -> ToolResult:
         method, url, body, headers = request.method, request.url, request.body, request.headers
         if self.request_id or self.tracing is not None:
             headers = CIMultiDict(headers)  # a copy: the request's own may be reused
@@ -251,7 +277,7 @@ class ToolExecutor:
                         method, body = "GET", None
                     url = target
                     continue
-                return await read_result(resp, self.max_bytes, self.redactor)
+                return await read_result(resp, self.max_bytes, redactor)
         return ToolResult(
             f"Error: more than {MAX_REDIRECTS} redirects.",
             outcome="too_many_redirects",

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gateway import credentials
 from gateway.config import GatewayConfig, ModelConfig, ToolsetConfig
 from gateway.errors import ConfigError
 from gateway.openapi.convert import Converter, Rename, build_tools, fresh_name
-from gateway.openapi.ir import Operation, Skipped, Tool
+from gateway.openapi.ir import Operation, SecurityScheme, Skipped, Tool
 from gateway.openapi.load import Fetch, Spec, SpecError, is_url, load_spec
 from gateway.selection import FIND_TOOLS, Offering, Selector, build_selectors
 
@@ -29,6 +30,9 @@ class ToolsetReport:
     unmatched: list[str] = field(default_factory=list)  # include/exclude entries matching nothing
     cuts: int = 0  # recursive schemas cut
     no_server: list[str] = field(default_factory=list)  # operations with nowhere to send calls
+    #: operations whose security no configured credentials satisfy (called without)
+    unsatisfied: list[str] = field(default_factory=list)
+    schemes: dict[str, SecurityScheme] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,6 +82,12 @@ class ToolSet:
         out = [str(s) for r in self.reports for s in r.skipped]
         for r in self.reports:
             out += [f"toolset {r.name}: filter {u!r} matches no operation" for u in r.unmatched]
+            if r.unsatisfied:
+                out.append(
+                    f"toolset {r.name}: no configured credentials satisfy the security of "
+                    f"{len(r.unsatisfied)} operation(s), called without credentials: "
+                    + ", ".join(r.unsatisfied)
+                )
             if r.no_server:
                 out.append(
                     f"toolset {r.name}: no absolute server URL in the spec for "
@@ -140,9 +150,11 @@ def convert_all(config: GatewayConfig, specs: dict[str, Spec]) -> ToolSet:
     renames: list[Rename] = []
     reports = []
     limit = config.limits.max_description_length
+    problems = []
     for ts in config.tools:
         spec = specs[ts.name]
         conv = Converter(spec, ts, limit)
+        problems += credentials.check(ts, conv.security_schemes)
         done, skipped = conv.convert()
         report = ToolsetReport(
             ts.name,
@@ -153,11 +165,15 @@ def convert_all(config: GatewayConfig, specs: dict[str, Spec]) -> ToolSet:
             _unmatched(ts, [op for op, _ in done]),
             conv.schemas.cuts,
             [] if ts.base_url else [op.label for op, _ in done if not _absolute(op.server)],
+            credentials.unsatisfied(ts, [op for op, _ in done]),
+            conv.security_schemes,
         )
         reports.append(report)
         compact = ts.schema_detail == "compact"
         by_toolset[ts.name], renamed = build_tools(done, ts.prefix, limit, compact)
         renames += renamed
+    if problems:
+        raise ConfigError("credentials", problems, "credentials do not fit the documents")
     by_model = {}
     for m in config.models:
         if m.tools:

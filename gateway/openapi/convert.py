@@ -21,9 +21,10 @@ from urllib.parse import urljoin
 
 from gateway.config import BasicAuth, BearerAuth, ToolsetConfig
 from gateway.openapi.compact import compact, plain
-from gateway.openapi.ir import BODY_ARG, Body, Operation, Param, Skipped, Tool
+from gateway.openapi.ir import BODY_ARG, Body, Operation, Param, SecurityScheme, Skipped, Tool
 from gateway.openapi.load import Spec
 from gateway.openapi.schema import SchemaError, Schemas
+from gateway.openapi.security import requirements, security_schemes
 
 if TYPE_CHECKING:
     from referencing._core import Resolver
@@ -73,7 +74,9 @@ class Converter:
         self.max_description = max_description
         self.schemas = Schemas()
         self.v2 = spec.version == "2.0"
-        self.auth_params = _auth_params(config)
+        self.security_schemes = security_schemes(spec)
+        self.security = requirements(spec.document.get("security"))
+        self.auth_params = _auth_params(config, self.security_schemes)
 
     def convert(self) -> tuple[list[tuple[Operation, dict[str, Any]]], list[Skipped]]:
         """Every selected operation with its parameters schema, and what was skipped."""
@@ -162,6 +165,7 @@ class Converter:
             body=body,
             server=self._server(op, item),
             deprecated=op.get("deprecated") is True,
+            security=requirements(op["security"]) if "security" in op else self.security,
         )
         schema = _parameters_schema(params, body)
         return operation, compact(schema) if self.config.schema_detail == "compact" else schema
@@ -221,6 +225,9 @@ class Converter:
             return None
         content_type = _pick_media_type(list(content))
         if content_type is None:
+            text = _text_body(content, raw, resolver, self.schemas)
+            if text is not None:
+                return text
             if raw.get("required") is True:
                 raise ValueError(
                     f"request body types {', '.join(content)} are not supported "
@@ -243,10 +250,13 @@ class Converter:
         consumes = op.get("consumes") or self.spec.document.get("consumes") or []
         body = next((r for r in raws if r.get("in") == "body"), None)
         if body is not None:
-            json_type = next((c for c in consumes if "json" in c), "application/json")
+            json_type = next((c for c in consumes if "json" in c), None)
+            text_type = next((c for c in consumes if is_text_like(c)), None)
             schema = dict(self.schemas.build(body.get("schema", {}), resolver))
             _describe(schema, body)
-            return Body(json_type, body.get("required") is True, schema)
+            if json_type is None and text_type is not None and _stringy(schema):
+                return Body(text_type, body.get("required") is True, {**schema, "type": "string"})
+            return Body(json_type or "application/json", body.get("required") is True, schema)
         multipart = any("multipart" in c for c in consumes)
         content_type = "multipart/form-data" if multipart else "application/x-www-form-urlencoded"
         props, required = {}, []
@@ -277,15 +287,69 @@ class Converter:
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _auth_params(config: ToolsetConfig) -> set[tuple[str, str]]:
+def _auth_params(config: ToolsetConfig, schemes: dict[str, SecurityScheme]) -> set[tuple[str, str]]:
+    """(location, name) of the parameters the toolset's ``auth`` or ``credentials`` supply."""
+    out = set()
+    for name in config.credentials:
+        scheme = schemes.get(name)
+        if scheme is not None and scheme.type == "apiKey" and scheme.param and scheme.location:
+            param = scheme.param.lower() if scheme.location == "header" else scheme.param
+            out.add((scheme.location, param))
     auth = config.auth
     if auth is None:
-        return set()
+        return out
     if isinstance(auth, (BearerAuth, BasicAuth)):
         return {("header", "authorization")}
     where = auth.type  # header, query, cookie
     name = auth.name.lower() if where == "header" else auth.name
     return {(where, name)}
+
+
+#: text media types outside ``text/*`` whose body can be given as one string
+TEXT_LIKE = frozenset(
+    {
+        "application/xml",
+        "application/x-yaml",
+        "application/yaml",
+        "application/jwt",
+        "application/javascript",
+        "application/graphql",
+        "application/sql",
+        "application/x-ndjson",
+        "application/csv",
+    }
+)
+
+
+def is_text_like(content_type: str) -> bool:
+    low = content_type.lower().split(";")[0].strip()
+    return low.startswith("text/") or low in TEXT_LIKE or low.endswith(("+xml", "+yaml", "+jwt"))
+
+
+def _stringy(schema: dict[str, Any]) -> bool:
+    """A string schema, or none at all (only a description, an example...)."""
+    kind = schema.get("type")
+    if kind is None:
+        return not ({"properties", "items", "allOf", "anyOf", "oneOf"} & schema.keys())
+    return kind == "string" or kind == ["string"]
+
+
+def _text_body(
+    content: dict[str, Any], raw: dict[str, Any], resolver: Resolver[Any], schemas: Schemas
+) -> Body | None:
+    """A body offered as one string: the first text-like type with a string (or no) schema."""
+    for content_type, media in content.items():
+        if not is_text_like(content_type):
+            continue
+        media = media if isinstance(media, dict) else {}
+        schema = dict(schemas.build(media.get("schema", {}), resolver))
+        if not _stringy(schema):
+            continue
+        schema["type"] = "string"
+        if isinstance(raw.get("description"), str) and "description" not in schema:
+            schema["description"] = raw["description"]
+        return Body(content_type, raw.get("required") is True, schema)
+    return None
 
 
 def _text(value: Any) -> str:

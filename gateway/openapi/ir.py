@@ -14,6 +14,28 @@ from jsonschema import Draft202012Validator
 
 Location = Literal["path", "query", "header", "cookie"]
 BODY_ARG = "requestBody"
+#: an operation's ``security``: alternatives, each the scheme names sent together;
+#: ``()`` needs no credentials, and so does an empty alternative
+Requirements = tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class SecurityScheme:
+    """One entry of ``components.securitySchemes`` (2.0: ``securityDefinitions``)."""
+
+    name: str
+    type: str  # apiKey, http, oauth2, openIdConnect, mutualTLS
+    location: str | None = None  # apiKey: header, query or cookie
+    param: str | None = None  # apiKey: the header, query parameter or cookie name
+    http_scheme: str | None = None  # http: bearer, basic, ... (lower case)
+    token_url: str | None = None  # oauth2: the clientCredentials flow's tokenUrl
+
+    def describe(self) -> str:
+        if self.type == "apiKey":
+            return f"{self.name} (apiKey in {self.location} {self.param})"
+        if self.type == "http":
+            return f"{self.name} (http {self.http_scheme})"
+        return f"{self.name} ({self.type})"
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,7 @@ class Operation:
     body: Body | None
     server: str | None  # resolved base URL from the spec (may be None or relative)
     deprecated: bool = False
+    security: Requirements = ()
 
     @property
     def label(self) -> str:
