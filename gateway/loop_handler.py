@@ -19,6 +19,7 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.facts import Facts
 from gateway.loop import LoopSettings, Offer, ToolLoop
 from gateway.openapi.ir import Tool
+from gateway.redact import Redactor
 from gateway.routing import Route
 from gateway.selection import FIND_TOOLS, Embed, Offering, SelectionUnavailable
 from gateway.state import UPSTREAM
@@ -257,7 +258,7 @@ class UpstreamBackend:
                 for payload in parser.feed(data):
                     if payload.strip() == b"[DONE]":
                         return
-                    chunk = _parse_chunk(payload)
+                    chunk = _parse_chunk(payload, route.redactor)
                     if chunk is not None and "error" in chunk:  # passed on: may echo a key
                         chunk = route.redactor.redact_json(chunk)
                     if isinstance(chunk, dict):
@@ -274,11 +275,12 @@ class UpstreamBackend:
             reply.close()
 
 
-def _parse_chunk(payload: bytes) -> dict[str, Any] | None:
+def _parse_chunk(payload: bytes, redactor: Redactor) -> dict[str, Any] | None:
     try:
         chunk = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        log.warning("skipping a stream event that is not JSON: %.200r", payload)
+        shown = redactor.redact(payload.decode("utf-8", "replace"))  # logged: may echo a key
+        log.warning("skipping a stream event that is not JSON: %.200r", shown)
         return None
     return chunk if isinstance(chunk, dict) else None
 
