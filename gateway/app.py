@@ -24,8 +24,11 @@ from gateway.upstream import Upstream, new_session
 CONFIG_AT_START = web.AppKey("config_at_start", GatewayConfig)
 
 
-def create_app(config: GatewayConfig, tools: ToolSet | None = None) -> web.Application:
-    """The app; ``tools`` already loaded (the CLI does that), else loaded at start-up."""
+def create_app(
+    config: GatewayConfig, tools: ToolSet | None = None, *, state: State | None = None
+) -> web.Application:
+    """The app, on ``state`` (``serve`` builds it, and reloads swap its snapshot), or on
+    ``config`` and ``tools``: already loaded, else loaded at start-up."""
     app = web.Application(
         client_max_size=config.server.max_request_bytes,
         handler_args=server.handler_args(config.server),
@@ -33,7 +36,9 @@ def create_app(config: GatewayConfig, tools: ToolSet | None = None) -> web.Appli
     server.answer_protocol_errors(app)
     app[CONFIG_AT_START] = config
     app[OBSERVER] = Observer(config)
-    if tools is not None or not config.tools:
+    if state is not None:
+        app[STATE] = state
+    elif tools is not None or not config.tools:
         app[STATE] = State(Snapshot.build(config, tools))
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_observing)

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
-import gc
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from gateway import __version__, logs, metrics
+from gateway import __version__, logs
 from gateway.config import GatewayConfig, config_path, load_config
-from gateway.errors import ConfigError
+from gateway.errors import CannotServe, ConfigError
+from gateway.lifecycle import Options, bind, serve
 from gateway.openapi.load import fetch_with
+from gateway.reload import build_snapshot
 from gateway.selection import Selector
 from gateway.tools import EMPTY, ToolSet, listing, load_tools, offered_listing
 from gateway.upstream import new_session
+from gateway.workers import supervise
 
 log = logging.getLogger("gateway")
 
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args))
         sys.stdout.flush()  # here, so that a closed pipe is caught below
         return code
-    except ConfigError as e:
+    except (ConfigError, CannotServe) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:
@@ -56,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="processes sharing the port (SO_REUSEPORT); default 1",
+        help="worker processes sharing the port the parent binds; default 1",
+    )
+    serve.add_argument(
+        "--watch",
+        action="store_true",
+        help="reload when the config file or a local spec file changes (as on SIGHUP)",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -100,6 +106,7 @@ def setup_logging(config: GatewayConfig, level: str | None, *, worker: bool = Fa
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serving: the config is read fresh
     path = config_path(args.config)
     config = load_config(path)
     setup_logging(config, args.log_level)
@@ -108,100 +115,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("config %s: %d model(s), %d toolset(s)", path, len(config.models), len(config.tools))
     for warning in config.warnings():
         log.warning("%s", warning)
-    tools = load_tools_sync(config)  # bad specs fail here, with their file named
-    if args.workers <= 1:
-        try:
-            run(config, host, port, reuse_port=False, tools=tools)
-        except OSError as e:
-            raise _listen_error(e, host, port) from None
-        return 0
-    return serve_workers(str(path), host, port, args.workers, args.log_level)
-
-
-def _listen_error(e: OSError, host: str, port: int) -> ConfigError:
-    """A socket that cannot be bound: say why and what to change, not a traceback."""
-    fixes = {
-        errno.EADDRINUSE: "another process is already listening on this port; stop it, or "
-        "choose another port with --port or server.port",
-        errno.EACCES: "this user may not listen on this port (ports below 1024 need "
-        "privileges); choose another port with --port or server.port",
-        errno.EADDRNOTAVAIL: "this machine has no such address; use --host or server.host "
-        "(127.0.0.1 for this machine only, 0.0.0.0 for every interface)",
-    }
-    reason = fixes.get(e.errno or 0, f"{e.strerror or e}; check --host/--port")
-    return ConfigError(f"{host}:{port}", [reason], headline="cannot listen")
-
-
-def serve_workers(path: str, host: str, port: int, workers: int, level: str | None) -> int:
-    """N processes on one port (SO_REUSEPORT); SIGTERM/SIGINT stop them all."""
-    ctx = multiprocessing.get_context("spawn")
-    cleanup_metrics = metrics.prepare_multiprocess()  # before the workers inherit the env
-    procs = [ctx.Process(target=_worker, args=(path, host, port, level)) for _ in range(workers)]
-    for proc in procs:
-        proc.start()
-
-    def stop(signum: int, frame: object) -> None:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()  # each worker shuts down gracefully on SIGTERM
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for proc in procs:
-        proc.join()
-        if proc.pid is not None:
-            metrics.worker_died(proc.pid)
-    cleanup_metrics()
-    log.info("all %d workers stopped", workers)
+    if args.workers > 1:
+        return supervise(bind(host, port), path, config, args.workers, args.log_level, args.watch)
+    run(config, host, port, path=path, watch=args.watch)
     return 0
 
 
-def _worker(path: str, host: str, port: int, level: str | None) -> None:
-    config = load_config(path)
-    setup_logging(config, level, worker=True)
-    run(config, host, port, reuse_port=True)
-
-
-def run(
-    config: GatewayConfig, host: str, port: int, *, reuse_port: bool, tools: ToolSet | None = None
-) -> None:
-    """Serve until interrupted (``tools`` already loaded, else loaded at start-up)."""
-    from aiohttp import web
-
-    from gateway.app import create_app
-
-    _install_uvloop()
-    app = create_app(config, tools)
-    app.on_startup.append(_freeze_startup_heap)  # after the tools are loaded
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        reuse_port=reuse_port or None,
-        handler_cancellation=True,
-        access_log=None,
-        print=lambda s: log.info("%s", s.strip()),
-    )
-
-
-async def _freeze_startup_heap(app: object) -> None:
-    """Keep what start-up built (config, tools, schemas, modules) out of the cyclic GC.
-
-    Every request allocates enough (a parsed body, its messages) to trigger collections;
-    without this each full one walks the whole start-up heap again. In the bench it took
-    the 30 KB-body throughput at concurrency 32 from 0.71-0.74 to 0.84-1.13 of the floor,
-    and the gateway's p99 there below the floor's.
-    """
-    gc.collect()
-    gc.freeze()
-
-
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+def run(config: GatewayConfig, host: str, port: int, *, path: Path, watch: bool) -> None:
+    """Serve in this process until SIGTERM or SIGINT, then drain."""
+    sock = bind(host, port)
+    serve(sock, build_snapshot(config), Options(path, watch=watch))
 
 
 # --- check and tools ---------------------------------------------------------------------

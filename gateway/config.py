@@ -167,6 +167,8 @@ class ServerConfig(_Model):
     header_timeout: float = Field(15.0, gt=0)
     #: seconds a client has to send a whole request body
     body_timeout: float = Field(60.0, gt=0)
+    #: seconds a SIGTERM waits for requests and streams in flight before cutting them
+    shutdown_timeout: float = Field(30.0, ge=0)
 
     @field_validator("api_keys")
     @classmethod

@@ -28,7 +28,7 @@ from gateway import stream
 from gateway.errors import AuthenticationFailed, GatewayError, error_body
 from gateway.facts import Facts
 from gateway.observe import OBSERVER
-from gateway.state import STATE, Snapshot
+from gateway.state import STATE, Snapshot, State
 
 log = logging.getLogger("gateway")
 
@@ -39,7 +39,7 @@ STREAM: Any = (
 )
 FACTS: Any = web.RequestKey("facts", Facts) if hasattr(web, "RequestKey") else "facts"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
+_PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,8 +69,10 @@ def edge() -> Callable[[Handler], Handler]:
             obs = request.app[OBSERVER]
             facts = request[FACTS] = Facts(rid, request.method, request.path, endpoint, start, obs)
             obs.begin(facts, request)
+            state = request.app[STATE]
+            state.inflight += 1
             try:
-                response = await _handle(request, handler, facts)
+                response = await _handle(request, handler, facts, state)
                 facts.status = response.status
                 return response
             except asyncio.CancelledError:
@@ -80,6 +82,7 @@ def edge() -> Callable[[Handler], Handler]:
                 facts.status = e.status
                 raise
             finally:
+                state.inflight -= 1
                 obs.end(facts)
 
         return at_the_edge
@@ -87,9 +90,11 @@ def edge() -> Callable[[Handler], Handler]:
     return wrap
 
 
-async def _handle(request: web.Request, handler: Handler, facts: Facts) -> web.StreamResponse:
+async def _handle(
+    request: web.Request, handler: Handler, facts: Facts, state: State
+) -> web.StreamResponse:
     rid = facts.request_id
-    snapshot = request[SNAPSHOT] = request.app[STATE].current
+    snapshot = request[SNAPSHOT] = state.current
     try:
         keys = snapshot.client_keys
         if keys and request.path not in _PUBLIC_PATHS:
@@ -115,6 +120,8 @@ async def _handle(request: web.Request, handler: Handler, facts: Facts) -> web.S
         response = json_error(500, orjson.dumps(body))
     if not response.prepared:  # streaming handlers set it before they prepare
         response.headers["x-request-id"] = rid
+        if state.draining:  # the client should take its next request elsewhere
+            response.force_close()
     return response
 
 

@@ -137,6 +137,10 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {headline}\n{lines}")
 
 
+class CannotServe(Exception):
+    """``serve`` cannot start: the port is taken, a worker failed to start, ..."""
+
+
 def error_body(
     message: str, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:

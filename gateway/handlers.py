@@ -1,4 +1,4 @@
-"""HTTP handlers: ``/v1/chat/completions``, ``/v1/models``, other ``/v1`` POSTs, ``/healthz``.
+"""HTTP handlers: ``/v1/chat/completions``, ``/v1/models``, other ``/v1`` POSTs, the probes.
 
 OpenAI's main paths answer without the ``/v1`` prefix too, with the same handlers.
 
@@ -24,7 +24,7 @@ from gateway.errors import InvalidRequest, NotFound, UnsupportedMediaType, error
 from gateway.facts import USAGE_TAIL
 from gateway.intake import confined_tail, read_body
 from gateway.routing import Route
-from gateway.state import UPSTREAM
+from gateway.state import STATE, UPSTREAM
 from gateway.upstream import BodyFor, Reply, midstream_error
 
 log = logging.getLogger("gateway.handlers")
@@ -52,6 +52,7 @@ UNPREFIXED = "completions|embeddings|responses|moderations|images|audio|rerank"
 def add_routes(app: web.Application, edge: Callable[[Handler], Handler]) -> None:
     """Every route, each handler wrapped in ``edge``; anything else gets an OpenAI 404/405."""
     app.router.add_get("/healthz", edge(healthz))
+    app.router.add_get("/readyz", edge(readyz))
     for prefix in ("/v1", ""):
         app.router.add_get(prefix + "/models", edge(list_models))
         app.router.add_get(prefix + "/models/{model_id:.+}", edge(get_model))
@@ -102,7 +103,19 @@ _CANNOT_PROXY = (
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
     return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 503 while draining, or while a toolset's spec could not be loaded."""
+    snapshot = request[SNAPSHOT]
+    if request.app[STATE].draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if snapshot.missing:
+        body = {"status": "toolsets missing", "missing_toolsets": sorted(snapshot.missing)}
+        return web.json_response(body, status=503)
+    return web.json_response({"status": "ready", "config": snapshot.digest})
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -54,10 +54,17 @@ class Snapshot:
     model_cards: dict[str, bytes]
     #: a short hash of the config, to tell loaded configs apart (logs, metrics)
     digest: str
+    #: toolsets whose spec could not be loaded (name -> why): served without, retried
+    missing: dict[str, str] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
 
     @classmethod
-    def build(cls, config: GatewayConfig, tools: ToolSet | None = None) -> Snapshot:
+    def build(
+        cls,
+        config: GatewayConfig,
+        tools: ToolSet | None = None,
+        missing: dict[str, str] | None = None,
+    ) -> Snapshot:
         created = int(time.time())
         cards = {
             m.id: {"id": m.id, "object": "model", "created": created, "owned_by": "gateway"}
@@ -83,6 +90,7 @@ class Snapshot:
             models_body=orjson.dumps({"object": "list", "data": list(cards.values())}),
             model_cards={k: orjson.dumps(v) for k, v in cards.items()},
             digest=config_digest(config),
+            missing=dict(missing or {}),
         )
 
 
@@ -107,10 +115,17 @@ def _plain(value: Any) -> Any:
 
 
 class State:
-    """The app's current snapshot; ``swap`` is the only way it changes."""
+    """The app's current snapshot (``swap`` is the only way it changes), and its lifecycle.
+
+    ``inflight`` counts the requests between the edge's start and end, so that a drain knows
+    when the last one is done; ``draining`` is set once on SIGTERM (``/readyz`` says 503 and
+    every response closes its connection from then on).
+    """
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.current = snapshot
+        self.inflight = 0
+        self.draining = False
 
     def swap(self, snapshot: Snapshot) -> Snapshot:
         """Serve ``snapshot`` from now on; return the one it replaces."""

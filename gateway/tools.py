@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,19 @@ async def load_tools(config: GatewayConfig, fetch: Fetch | None = None) -> ToolS
     """Load every toolset's spec (concurrently) and convert them, in config order."""
     if not config.tools:
         return EMPTY
+    specs, problems = await load_specs(config, fetch)
+    if problems:
+        count = f"{len(problems)} of {len(config.tools)} toolset spec(s)"
+        raise ConfigError("tools", list(problems.values()), headline=f"{count} could not be loaded")
+    return convert_all(config, specs)
+
+
+async def load_specs(
+    config: GatewayConfig, fetch: Fetch | None = None, names: Collection[str] | None = None
+) -> tuple[dict[str, Spec], dict[str, str]]:
+    """The specs of the toolsets (all, or those ``names``) that load, and a problem line for
+    each that does not, both by toolset name."""
+    wanted = [(i, t) for i, t in enumerate(config.tools) if names is None or t.name in names]
     loaded = await asyncio.gather(
         *(
             load_spec(
@@ -119,23 +133,20 @@ async def load_tools(config: GatewayConfig, fetch: Fetch | None = None) -> ToolS
                 fetch=fetch,
                 headers={k: v.get_secret_value() for k, v in t.spec_headers.items()},
             )
-            for t in config.tools
+            for _, t in wanted
         ),
         return_exceptions=True,
     )
     specs: dict[str, Spec] = {}
-    problems = []
-    for i, (ts, result) in enumerate(zip(config.tools, loaded, strict=True)):
+    problems: dict[str, str] = {}
+    for (i, ts), result in zip(wanted, loaded, strict=True):
         if isinstance(result, SpecError):
-            problems.append(_spec_problem(i, ts, result, config.base_dir))
+            problems[ts.name] = _spec_problem(i, ts, result, config.base_dir)
         elif isinstance(result, BaseException):
             raise result
         else:
             specs[ts.name] = result
-    if problems:
-        count = f"{len(problems)} of {len(config.tools)} toolset spec(s)"
-        raise ConfigError("tools", problems, headline=f"{count} could not be loaded")
-    return convert_all(config, specs)
+    return specs, problems
 
 
 def _spec_problem(i: int, ts: ToolsetConfig, e: SpecError, base_dir: Path) -> str:
@@ -146,13 +157,15 @@ def _spec_problem(i: int, ts: ToolsetConfig, e: SpecError, base_dir: Path) -> st
 
 
 def convert_all(config: GatewayConfig, specs: dict[str, Spec]) -> ToolSet:
+    """Convert the toolsets whose spec is in ``specs`` (a missing one offers nothing)."""
     by_toolset: dict[str, list[Tool]] = {}
     renames: list[Rename] = []
     reports = []
     limit = config.limits.max_description_length
     problems = []
     for ts in config.tools:
-        spec = specs[ts.name]
+        if (spec := specs.get(ts.name)) is None:
+            continue
         conv = Converter(spec, ts, limit)
         problems += credentials.check(ts, conv.security_schemes)
         done, skipped = conv.convert()

@@ -79,7 +79,7 @@ def test_errors_name_exact_key_paths():
     )
     assert (
         "server.colour: unknown key (known keys here: api_keys, body_timeout, header_timeout, "
-        "host, max_request_bytes, port)" in found
+        "host, max_request_bytes, port, shutdown_timeout)" in found
     )
     assert any(p.startswith("models[0].timeout: Input should be a valid number") for p in found)
     assert (
@@ -515,7 +515,7 @@ def test_env_unknown_key_suggests_the_variable(monkeypatch):
     monkeypatch.setenv("GATEWAY_SERVER__PROT", "9000")
     assert problems({}) == [
         "GATEWAY_SERVER__PROT: 'prot' is not a key of server (keys: api_keys, "
-        "body_timeout, header_timeout, host, max_request_bytes, port); "
+        "body_timeout, header_timeout, host, max_request_bytes, port, shutdown_timeout); "
         "did you mean GATEWAY_SERVER__PORT?"
     ]
 

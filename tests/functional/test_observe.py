@@ -474,7 +474,7 @@ async def _until_workers_log(stderr, proc: subprocess.Popen, n: int) -> None:
     while True:
         pids = set()
         for line in stderr.read_text().splitlines():
-            if "Running on" in line:
+            if "serving on" in line:
                 pids.add(json.loads(line)["pid"])
         if len(pids - {proc.pid}) >= n:
             return
