@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway import handlers, server
 from gateway.config import GatewayConfig
 from gateway.edge import edge
+from gateway.loop_handler import warm_embeddings
 from gateway.mock import MockResolver
 from gateway.observe import OBSERVER, Observer, add_metrics_routes, start_metrics_port
 from gateway.openapi.load import fetch_with
@@ -41,6 +42,7 @@ def create_app(
     elif tools is not None or not config.tools:
         app[STATE] = State(Snapshot.build(config, tools))
     app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_warm_selection)
     app.cleanup_ctx.append(_observing)
     wrap = edge()
     add_metrics_routes(app, wrap)  # before the handlers' catch-all route
@@ -58,6 +60,14 @@ async def _observing(app: web.Application) -> AsyncIterator[None]:
         await runner.cleanup()
     if observer.tracing is not None:
         observer.tracing.shutdown()
+
+
+async def _warm_selection(app: web.Application) -> AsyncIterator[None]:
+    """``tool_selection`` with embeddings: every function embedded once, at start-up."""
+    tasks = warm_embeddings(app[STATE].current, app[UPSTREAM])
+    yield
+    for task in tasks:
+        task.cancel()
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:

@@ -22,7 +22,7 @@ from gateway.openapi.ir import Tool
 from gateway.redact import Redactor
 from gateway.routing import Route
 from gateway.selection import FIND_TOOLS, Embed, Offering, SelectionUnavailable
-from gateway.state import UPSTREAM
+from gateway.state import UPSTREAM, Snapshot
 from gateway.stream import EventTooLarge, SSEParser
 from gateway.toolexec import ToolExecutor
 from gateway.upstream import Upstream, midstream_error, too_large
@@ -137,6 +137,18 @@ async def _offering(request: web.Request, route: Route, body: dict[str, Any]) ->
         chain = snapshot.router.chain(snapshot.router.resolve(model))
         embed = embedder(request.app[UPSTREAM], chain, request[REQUEST_ID])
     return await selector.offering(body["messages"], embed)
+
+
+def warm_embeddings(snapshot: Snapshot, upstream: Upstream) -> list[asyncio.Future[None]]:
+    """Start embedding the functions of every model that ranks with embeddings."""
+    tasks: list[asyncio.Future[None]] = []
+    for selector in snapshot.tools.selectors.values():
+        model = selector.config.embedding_model
+        if selector.embeddings is None or model is None:
+            continue
+        chain = snapshot.router.chain(snapshot.router.resolve(model))
+        tasks.append(asyncio.ensure_future(selector.warm(embedder(upstream, chain, "start-up"))))
+    return tasks
 
 
 def embedder(upstream: Upstream, chain: list[Route], request_id: str) -> Embed:

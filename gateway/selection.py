@@ -32,7 +32,7 @@ log = logging.getLogger("gateway.selection")
 FIND_TOOLS = "find_tools"
 #: the user messages a query is made of, latest first, and the weight of each
 QUERY_WEIGHTS = (1.0, 0.5, 0.25)
-RRF_K = 60  # reciprocal rank fusion constant (the usual one)
+HYBRID_WEIGHT = 0.5  # of BM25 in ``hybrid`` (the rest is the embeddings')
 EMBED_BATCH = 128
 DESCRIPTION_CHARS = 400  # of a description, the part indexed (the rest is mostly boilerplate)
 
@@ -139,6 +139,14 @@ def document(tool: Tool) -> str:
         " ".join(body_props) if isinstance(body_props, dict) else "",
     ]
     return " ".join(p for p in parts if p)
+
+
+def embedding_text(tool: Tool) -> str:
+    """What a function is embedded as: its name in words, summary and description's start."""
+    op = tool.operation
+    words = " ".join(_WORD.findall(_CAMEL.sub(" ", tool.name).lower()))
+    parts = [op.summary, plain(op.description)[:DESCRIPTION_CHARS]]
+    return f"{words}: " + ". ".join(p for p in parts if p)
 
 
 def one_line(tool: Tool, limit: int = 160) -> str:
@@ -286,16 +294,15 @@ def top(scores: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in order[:k]]
 
 
-def fused(*rankings: np.ndarray) -> np.ndarray:
-    """Reciprocal rank fusion of score vectors: the sum of 1 / (RRF_K + rank)."""
-    import numpy as np
+def fused(lexical: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """``hybrid``: half BM25 (scaled to its best score), half cosine similarity.
 
-    total = np.zeros(len(rankings[0]), dtype=np.float64)
-    for scores in rankings:
-        ranks = np.empty(len(scores), dtype=np.int64)
-        ranks[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
-        total += 1.0 / (RRF_K + ranks)
-    return total
+    On the bench's evaluation sets this did better than reciprocal rank fusion, which let
+    a weaker embedding ranking push good BM25 matches out of the first 24.
+    """
+    best = float(lexical.max()) if len(lexical) else 0.0
+    scaled = lexical / best if best > 0 else lexical
+    return HYBRID_WEIGHT * scaled + (1 - HYBRID_WEIGHT) * dense  # type: ignore[no-any-return]
 
 
 # --- per model and per request -------------------------------------------------------------
@@ -333,8 +340,24 @@ class Selector:
         self.index = {t.name: i for i, t in enumerate(tools)}
         docs = [document(t) for t in tools]
         self.bm25 = Bm25Index(docs)
-        self.embeddings = EmbeddingIndex(docs) if config.method != "bm25" else None
+        self.embeddings = (
+            EmbeddingIndex([embedding_text(t) for t in tools]) if config.method != "bm25" else None
+        )
         self.find_tools = find_tools_function(config.max_functions) if config.search else None
+
+    async def warm(self, embed: Embed) -> None:
+        """Embed every function now (at start-up) rather than on the first request."""
+        if self.embeddings is None:
+            return
+        try:
+            await self.embeddings.ensure(embed)
+        except Exception as e:  # the first requests rank with BM25 and try again later
+            log.warning(
+                "model %s: the functions' embeddings could not be loaded at start-up (%s); "
+                "ranking with bm25 until they are",
+                self.model,
+                _short(e),
+            )
 
     def rank_bm25(self, queries: list[str], k: int) -> list[int]:
         return top(self.bm25.scores(queries), k)

@@ -8,7 +8,7 @@ import logging
 import pytest
 import yaml
 from aiohttp import web
-from conftest import Reply, model, start_app
+from conftest import Reply, model, start_app, wait_for
 from test_tool_loop import answer, calls, collect
 
 from gateway.cli import main
@@ -197,14 +197,16 @@ async def test_embeddings_rank_by_meaning(gateway, fake_upstream):
         {"max_functions": 5, "method": "embeddings", "embedding_model": "emb"},
         [model("emb", emb)],
     )
+    await wait_for(lambda: len(emb.received) == 1)  # every function, once, at start-up
+    assert len(emb.received[0].body["input"]) == 50
     up.push(answer(), answer())
     await client.chat.completions.create(model="m", messages=user("get rid of the crew"))
     names = offered(up.received[0])
     assert set(names) == {f"{v}Team" for v in VERBS}
     assert [r.path for r in emb.received] == ["/v1/embeddings", "/v1/embeddings"]
-    assert len(emb.received[0].body["input"]) == 50  # every function, once
+    assert emb.received[1].body["input"] == ["get rid of the crew"]  # then only the query
     await client.chat.completions.create(model="m", messages=user("the crew please"))
-    assert len(emb.received) == 3  # then only the query
+    assert len(emb.received) == 3
 
 
 @pytest.mark.parametrize("method", ["embeddings", "hybrid"])
@@ -232,7 +234,8 @@ async def test_embeddings_of_the_wrong_shape_fall_back_to_bm25(gateway, fake_ups
     up.push(answer())
     await client.chat.completions.create(model="m", messages=user("open an issue"))
     assert offered(up.received[0])[0] == "createIssue"
-    assert "expected 50 embeddings" in caplog.text
+    assert "expected 50 embeddings" in caplog.text  # at start-up, then for the request
+    assert "bm25 for this request" in caplog.text
 
 
 # --- config and CLI ------------------------------------------------------------------------
