@@ -69,27 +69,36 @@ class Servers:
         wait_port(port, proc)
         return f"http://127.0.0.1:{port}"
 
-    def start_gateway(self, workers: int) -> tuple[str, subprocess.Popen]:
+    def start_gateway(
+        self,
+        workers: int,
+        config: Path | None = None,
+        level: str = "warning",
+        stderr: Path | None = None,
+    ) -> tuple[str, subprocess.Popen]:
         port = free_port()
+        err = stderr.open("ab") if stderr is not None else subprocess.DEVNULL
         proc = subprocess.Popen(
             [
                 PY,
                 "-m",
                 "gateway",
                 "--log-level",
-                "warning",
+                level,
                 "serve",
                 "--config",
-                str(self.config),
+                str(config or self.config),
                 "--port",
                 str(port),
                 "--workers",
                 str(workers),
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=err,
             cwd=ROOT,
         )
+        if stderr is not None:
+            err.close()  # the child has its own copy
         self.procs.append(proc)
         wait_port(port, proc)
         return f"http://127.0.0.1:{port}", proc
@@ -447,7 +456,7 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated scenarios to run (1a,1b,1c,2a,2b,3a,3b,4,5,6,7); default all",
+        help="comma-separated scenarios to run (1a,1b,1c,2a,2b,3a,3b,4,5,6,7,8); default all",
     )
     args = ap.parse_args()
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -552,6 +561,7 @@ def run_all(servers: Servers, args: argparse.Namespace, workdir: Path, lines: Re
         "1c": lambda: out.extend(workers(servers, small, sec, reps, workdir)),
         "6": lambda: out.extend(startup_report(workdir)),
         "7": lambda: out.extend(robustness(servers)),
+        "8": lambda: out.extend(observability(servers, small, sec, reps, workdir)),
     }
     unknown = args.only - set(scenarios)
     if unknown:
@@ -725,6 +735,68 @@ def robustness(servers: Servers, parallel: int = 3) -> list[str]:
         *rows,
         "",
     ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def observability(servers: Servers, body: dict, sec: float, reps: int, workdir: Path) -> list[str]:
+    """Scenario 1 against the same build with its access line and metrics on, then off.
+
+    Besides wrk's throughput (noisy on a shared machine), the gateway's own CPU time per
+    request is measured: on a core of its own, its throughput is the inverse of that.
+    """
+    config = json.loads(servers.config.read_text())
+    quiet = workdir / "quiet.yaml"
+    quiet.write_text(
+        json.dumps({**config, "logging": {"access": False}, "metrics": {"enabled": False}})
+    )
+    log_file = workdir / "access.log"
+    on = servers.start_gateway(1, level="info", stderr=log_file)
+    off = servers.start_gateway(1, config=quiet, level="info")
+    targets = {"logs + metrics on": on, "both off": off}
+    for url, _ in targets.values():
+        wrk(url, body, 8, 1, workdir)
+    lines = ["## 8. cost of the access line and metrics (scenario 1, same build)", ""]
+    for conns in (1, 32):
+        res = _observed(targets, body, conns, max(reps, 5), workdir)
+        a, b = res["logs + metrics on"], res["both off"]
+        lines += [
+            f"| concurrency {conns} | req/s | p50 ms | p99 ms | gateway CPU µs/request |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *[
+                f"| {k} | {v['rps']:,.0f} | {v['p50']:.2f} | {v['p99']:.2f} | {v['cpu']:.0f} |"
+                for k, v in res.items()
+            ],
+            "",
+            f"on/off: throughput {a['rps'] / b['rps']:.3f}, CPU per request "
+            f"{a['cpu'] / b['cpu']:.3f}, so throughput on a core of its own "
+            f"{b['cpu'] / a['cpu']:.3f} (the budget: at least 0.95)",
+            "",
+        ]
+    written = sum(1 for _ in log_file.open("rb"))
+    lines += [f"({written:,} access lines written to a file by the gateway with logs on)", ""]
+    for _, proc in targets.values():
+        proc.terminate()
+    return lines
+
+
+def _observed(targets: dict, body: dict, conns: int, reps: int, workdir: Path) -> dict:
+    """Interleaved runs of 3,000 requests each; medians of throughput, latency, CPU/request."""
+    samples: dict[str, list[dict]] = {name: [] for name in targets}
+    for _ in range(reps):
+        for name, (url, proc) in targets.items():
+            before = cpu_seconds(proc.pid)
+            r = wrk(url, body, conns, 120, workdir, limit=3000)
+            r["cpu"] = (cpu_seconds(proc.pid) - before) / r["requests"] * 1e6
+            samples[name].append(r)
+    return {
+        name: {k: statistics.median(s[k] for s in runs) for k in ("rps", "p50", "p99", "cpu")}
+        for name, runs in samples.items()
+    }
 
 
 def workers(servers: Servers, body: dict, sec: float, reps: int, workdir: Path) -> list[str]:

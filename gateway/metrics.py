@@ -114,6 +114,12 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+        #: in one process the two gauges read these counts at scrape time (no lock per request)
+        self.requests_now = 0
+        self.streams_now = 0
+        if not self.multiprocess:
+            self.in_flight.set_function(lambda: self.requests_now)
+            self.open_streams.set_function(lambda: self.streams_now)
         self.reloads = Counter(
             "gateway_config_reloads",
             "Config reloads by outcome (ok, failed)",
@@ -128,6 +134,7 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._requests: dict[tuple[str, str, str, int], tuple[Any, Any, Any]] = {}
         self._digest: str | None = None
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -140,6 +147,18 @@ class Metrics:
 
     # --- per request ---------------------------------------------------------------------
 
+    def request_started(self) -> None:
+        if self.multiprocess:
+            self.in_flight.inc()
+        else:
+            self.requests_now += 1
+
+    def stream_started(self) -> None:
+        if self.multiprocess:
+            self.open_streams.inc()
+        else:
+            self.streams_now += 1
+
     def request_done(
         self,
         endpoint: str,
@@ -149,11 +168,27 @@ class Metrics:
         seconds: float,
         ttfb: float | None,
     ) -> None:
-        self.child(self.requests, endpoint, model, served, str(status)).inc()
-        self.child(self.duration, endpoint, model).observe(seconds)
+        key = (endpoint, model, served, status)
+        children = self._requests.get(key)
+        if children is None:
+            children = self._requests[key] = (
+                self.requests.labels(endpoint, model, served, str(status)),
+                self.duration.labels(endpoint, model),
+                self.ttfb.labels(endpoint, model),
+            )
+        count, duration, first_byte = children
+        count.inc()
+        duration.observe(seconds)
+        if self.multiprocess:
+            self.in_flight.dec()
+        else:
+            self.requests_now -= 1
         if ttfb is not None:
-            self.child(self.ttfb, endpoint, model).observe(ttfb)
-            self.open_streams.dec()
+            first_byte.observe(ttfb)
+            if self.multiprocess:
+                self.open_streams.dec()
+            else:
+                self.streams_now -= 1
 
     def tokens_used(self, model: str, prompt: int | None, completion: int | None) -> None:
         if prompt:

@@ -47,14 +47,14 @@ class Observer:
 
     def begin(self, facts: Facts, request: web.Request) -> None:
         if self.metrics is not None:
-            self.metrics.in_flight.inc()
+            self.metrics.request_started()
         if self.tracing is not None:
             self.tracing.begin(facts, request.headers)
 
     def stream_started(self, facts: Facts) -> None:
         facts.ttfb = time.perf_counter() - facts.start
         if self.metrics is not None:
-            self.metrics.open_streams.inc()
+            self.metrics.stream_started()
 
     def end(self, facts: Facts) -> None:
         seconds = time.perf_counter() - facts.start
@@ -69,7 +69,6 @@ class Observer:
     def _count(self, metrics: Metrics, facts: Facts, seconds: float) -> None:
         model = facts.route or UNKNOWN
         served = facts.served or NONE
-        metrics.in_flight.dec()
         metrics.request_done(facts.endpoint, model, served, facts.status, seconds, facts.ttfb)
         if facts.prompt_tokens or facts.completion_tokens:
             metrics.tokens_used(served, facts.prompt_tokens, facts.completion_tokens)
