@@ -144,11 +144,11 @@ def tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4) if text else 0
 
 
-def chat_usage(body: dict[str, Any], reply: dict[str, Any]) -> dict[str, int]:
+def chat_usage(body: dict[str, Any], reply: dict[str, Any], n: int = 1) -> dict[str, int]:
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     prompt = sum(tokens(_text(m)) + 3 for m in messages)
     out = reply.get("content") or orjson.dumps(reply.get("tool_calls") or []).decode()
-    done = tokens(out)
+    done = tokens(out) * n
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
@@ -181,30 +181,36 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     if isinstance(body, web.Response):
         return body
     reply = chat_reply(body)
-    usage = chat_usage(body, reply)
+    asked = body.get("n")
+    n = asked if isinstance(asked, int) and 1 <= asked <= 16 else 1
+    usage = chat_usage(body, reply, n)
     finish = "tool_calls" if reply.get("tool_calls") else "stop"
     head = _head(body, "chat.completion")
     if body.get("stream") is not True:
-        choice = {"index": 0, "message": {**reply, "refusal": None}, "logprobs": None}
-        return _json_response(
-            {**head, "choices": [{**choice, "finish_reason": finish}], "usage": usage}
-        )
+        message = {**reply, "refusal": None}
+        choices = [
+            {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+            for i in range(n)
+        ]
+        return _json_response({**head, "choices": choices, "usage": usage})
     chunk = {**head, "object": "chat.completion.chunk"}
-    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
-    deltas += [{"content": piece} for piece in re.findall(r"\s*\S+\s*", reply.get("content") or "")]
-    deltas += [
-        {"tool_calls": [{"index": i, **c}]} for i, c in enumerate(reply.get("tool_calls") or [])
-    ]
     events = [
-        {**chunk, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
-        for d in deltas
+        {**chunk, "choices": [{"index": i, "delta": d, "logprobs": None, "finish_reason": f}]}
+        for d, f in _deltas(reply, finish)
+        for i in range(n)
     ]
-    events.append(
-        {**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
-    )
     if (body.get("stream_options") or {}).get("include_usage"):
         events.append({**chunk, "choices": [], "usage": usage})
     return await _sse(request, events)
+
+
+def _deltas(reply: dict[str, Any], finish: str) -> list[tuple[dict[str, Any], str | None]]:
+    """A reply as stream deltas: the role, a word at a time, each call whole, the finish."""
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    deltas += [{"content": piece} for piece in re.findall(r"\s*\S+\s*", reply.get("content") or "")]
+    calls = reply.get("tool_calls") or []
+    deltas += [{"tool_calls": [{"index": i, **c}]} for i, c in enumerate(calls)]
+    return [(d, None) for d in deltas] + [({}, finish)]
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:

@@ -196,3 +196,20 @@ async def test_mock_server_starts_on_first_use_and_stops_with_its_resolver():
     await resolver.close()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", first["port"])
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_mock_answers_n_choices(make_gateway, tmp_path, oai, streamed):
+    gw = await mock_gateway(make_gateway, tmp_path)
+    messages = [{"role": "user", "content": "twice"}]
+    client = oai(gw)
+    if not streamed:
+        res = await client.chat.completions.create(model="mock", messages=messages, n=2)
+        assert [(c.index, c.message.content) for c in res.choices] == [(0, "twice"), (1, "twice")]
+        return
+    stream = await client.chat.completions.create(model="mock", messages=messages, n=2, stream=True)
+    texts = {0: "", 1: ""}
+    async for c in stream:
+        for choice in c.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == {0: "twice", 1: "twice"}
