@@ -26,6 +26,7 @@ its common forms: ``forms``) first, since the regex can only match whole secrets
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import re
@@ -58,25 +59,32 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = tuple(sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}))
-        self._forms = _forms_of(self.secrets)
-        self._pattern = _compile(self.secrets)
-        self._by_first: dict[str, tuple[str, ...]] = {}
-        for form in (*self._forms, MARK):
-            self._by_first[form[0]] = (*self._by_first.get(form[0], ()), form)
+        pattern = _compile(self.secrets)
+        self._patterns: tuple[re.Pattern[str], ...] = () if pattern is None else (pattern,)
 
     def __bool__(self) -> bool:
         return bool(self.secrets)
 
-    def redact(self, text: str, extra: Sequence[str] = ()) -> str:
-        """``text`` with every form of every secret (and of ``extra`` ones) replaced.
+    def including(self, extra: Iterable[str]) -> Redactor:
+        """This redactor and secrets known only now (tokens fetched for one call).
 
-        ``extra`` is for secrets only known at call time (a token fetched for this call);
-        their pattern is compiled on use and kept in ``re``'s own cache.
+        The config's compiled pattern is reused; only the new secrets are compiled (and
+        ``re`` caches that too, so a token used for many calls is compiled once).
         """
-        if self._pattern is not None:
-            text = self._pattern.sub(MARK, text)
-        pattern = _compile([s for s in extra if len(s) >= MIN_SECRET_LENGTH])
-        return text if pattern is None else pattern.sub(MARK, text)
+        new = sorted({s for s in extra if len(s) >= MIN_SECRET_LENGTH} - set(self.secrets))
+        if not new:
+            return self
+        out = Redactor(())
+        out.secrets = tuple(sorted({*self.secrets, *new}))
+        out._patterns = (*self._patterns, *filter(None, [_compile(new)]))
+        return out
+
+    def redact(self, text: str, extra: Sequence[str] = ()) -> str:
+        """``text`` with every form of every secret (and of ``extra`` ones) replaced."""
+        redactor = self.including(extra) if extra else self
+        for pattern in redactor._patterns:
+            text = pattern.sub(MARK, text)
+        return text
 
     def redact_json(self, value: Any) -> Any:
         """A parsed JSON value with every string redacted, keys included, at any depth.
@@ -84,10 +92,10 @@ class Redactor:
         Serialised by orjson, every string is in one form the redactor knows (escapes
         resolved), so one pass over that text is enough.
         """
-        if self._pattern is None:
+        if not self._patterns:
             return value
         text = orjson.dumps(value).decode()
-        redacted = self._pattern.sub(MARK, text)
+        redacted = self.redact(text)
         if redacted == text:
             return value
         try:
@@ -100,14 +108,22 @@ class Redactor:
 
         For a text that was cut off: the rest of a secret may be what was cut.
         """
-        longest = max((len(f) for f in self._forms), default=len(MARK))
-        start = max(0, len(text) - max(longest, len(MARK)) + 1)
-        for i in range(start, len(text)):
+        by_first = self._by_first
+        longest = max(len(f) for forms in by_first.values() for f in forms)
+        for i in range(max(0, len(text) - longest + 1), len(text)):
             tail = text[i:]
-            for form in self._by_first.get(text[i], ()):
+            for form in by_first.get(text[i], ()):
                 if len(form) > len(tail) and form.startswith(tail):
                     return text[:i]
         return text
+
+    @functools.cached_property
+    def _by_first(self) -> dict[str, tuple[str, ...]]:
+        """The common forms of every secret, and the mark, by their first character."""
+        out: dict[str, tuple[str, ...]] = {}
+        for form in (*_forms_of(self.secrets), MARK):
+            out[form[0]] = (*out.get(form[0], ()), form)
+        return out
 
     def cut(self, text: str, max_bytes: int) -> str:
         """The first ``max_bytes`` bytes (UTF-8) of redacted text; no partial secret at the end."""

@@ -164,9 +164,7 @@ class ToolExecutor:
         self, toolset: ToolsetConfig, request: Request, call: CallCredentials
     ) -> ToolResult:
         """Send within the toolset's concurrency cap; tokens of this call are redacted too."""
-        redactor = self.redactor
-        if call.secrets:
-            redactor = Redactor([*self.redactor.secrets, *call.secrets])
+        redactor = self.redactor.including(call.secrets)
         gate = self.gates.get(toolset.name)
         async with gate if gate is not None else contextlib.nullcontext():
             return await self._send(toolset, request, redactor)

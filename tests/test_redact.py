@@ -136,3 +136,14 @@ def test_many_secrets_one_pass_is_consistent_with_each_alone():
     both = Redactor(secrets)
     text = " ".join(quote_plus(s) if i % 2 else s for i, s in enumerate(secrets))
     assert both.redact(text) == " ".join([MARK] * 50)
+
+
+def test_a_token_fetched_for_one_call_is_redacted_without_recompiling_the_config():
+    config = Redactor([f"configured-secret-{i}" for i in range(10)])
+    per_call = config.including(["fetched-token-1"])
+    assert per_call._patterns[0] is config._patterns[0]  # the config's pattern, reused
+    text = "configured-secret-3 " + quote_plus("fetched token-1".replace(" ", "-"))
+    assert per_call.redact(text) == f"{MARK} {MARK}"
+    assert config.redact(text) == f"{MARK} fetched-token-1"  # the config's is unchanged
+    assert per_call.drop_partial("x fetched-tok") == "x "
+    assert config.including([]) is config and config.including(["abc"]) is config
