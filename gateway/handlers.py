@@ -57,9 +57,10 @@ def add_routes(app: web.Application, edge: Callable[[Handler], Handler]) -> None
         app.router.add_get(prefix + "/models", edge(list_models))
         app.router.add_get(prefix + "/models/{model_id:.+}", edge(get_model))
         app.router.add_post(prefix + "/chat/completions", edge(chat_completions))
-    app.router.add_post("/v1/{tail:.+}", edge(other_endpoint))
+    app.router.add_post("/v1/{tail:[\\s\\S]+}", edge(other_endpoint))  # newlines too: refused
     app.router.add_post("/{tail:(?:" + UNPREFIXED + ")(?:/.+)?}", edge(other_endpoint))
-    app.router.add_route("*", "/{path:.*}", edge(no_route))  # last: only what nothing else took
+    # last: only what nothing else took (any path, "%0A" in it too: aiohttp's own 404 is text)
+    app.router.add_route("*", "/{path:[\\s\\S]*}", edge(no_route))
 
 
 async def no_route(request: web.Request) -> web.StreamResponse:
@@ -68,7 +69,7 @@ async def no_route(request: web.Request) -> web.StreamResponse:
     for resource in request.app.router.resources():
         if resource.canonical != "/{path}":
             allowed |= (await resource.resolve(request))[1]
-    where = f"{request.method} {request.path}"
+    where = f"{request.method} {shown_path(request)}"
     if not allowed:
         raise NotFound(
             f"{where}: there is no such endpoint here. The gateway serves the OpenAI API "
@@ -97,6 +98,14 @@ _CANNOT_PROXY = (
     "fetching or deleting files, batches, stored responses, fine-tuning jobs) cannot be "
     "routed: send those to the upstream directly."
 )
+
+
+def shown_path(request: web.Request) -> str:
+    """The path, for a message: control characters escaped, at most 200 characters."""
+    path = request.path
+    if len(path) > 200:
+        path = path[:200] + "…"
+    return path if path.isprintable() else repr(path)[1:-1]
 
 
 # --- models ------------------------------------------------------------------------------

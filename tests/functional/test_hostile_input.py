@@ -266,3 +266,24 @@ async def test_aiohttp_protocol_errors_are_openai_errors_without_echo(
     assert headers["content-type"].startswith("application/json")
     assert b"SECRETECHO" not in body
     assert fragment in error_of(body)["message"]
+
+
+@pytest.mark.parametrize(
+    "request_line, status",
+    [
+        (b"GET /abc%0D%0ASet-Cookie:%20x HTTP/1.1", 404),
+        (b"GET /v1/abc%0Adef HTTP/1.1", 405),
+        (b"POST /v1/abc%0Adef HTTP/1.1", 400),
+    ],
+)
+async def test_encoded_newline_in_path_gets_openai_json_not_aiohttp_text(
+    fake_upstream, make_gateway, request_line, status
+):
+    up = await fake_upstream()
+    gw = await make_gateway({"models": [model("m", up)]})
+    request = request_line + b"\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    got, headers, body = await raw_http(gw.url, request)
+    assert got == status and headers["content-type"].startswith("application/json")
+    message = error_of(body)["message"]
+    assert "\n" not in message and "\r" not in message
+    assert up.received == []
