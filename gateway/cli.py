@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__, logs
-from gateway.config import GatewayConfig, config_path, load_config
+from gateway.config import MOCK_URL, GatewayConfig, config_path, load_config
 from gateway.errors import CannotServe, ConfigError
 from gateway.lifecycle import Options, bind, serve
 from gateway.openapi.load import fetch_with
@@ -149,7 +149,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if m.tools:
             extras.append(f"tools: {', '.join(m.tools)}")
         tail = f" [{'; '.join(extras)}]" if extras else ""
-        print(f"model {m.id} -> {m.base_url} as {m.upstream_model or m.id}{tail}")
+        where = f"{m.base_url} (the built-in mock)" if m.base_url == MOCK_URL else m.base_url
+        print(f"model {m.id} -> {where} as {m.upstream_model or m.id}{tail}")
     _print_tools(tools)
     for warning in config.warnings() + tools.warnings():
         print(f"WARNING: {warning}")

@@ -150,3 +150,10 @@ def test_serve_warns_at_start_up_about_a_model_whose_key_is_unset(tmp_path, caps
         "model m: api_key is empty (set NO_SUCH_KEY_VAR); its requests go to its fallbacks (n) "
         "until it is set"
     ]
+
+
+def test_check_names_the_built_in_mock(capsys):
+    assert main(["check", "--config", str(ROOT / "config" / "gateway.yaml")]) == 0
+    assert "model demo -> mock:// (the built-in mock) as demo [tools: weather]" in (
+        capsys.readouterr().out
+    )
