@@ -53,7 +53,9 @@ def create_app(
 async def _observing(app: web.Application) -> AsyncIterator[None]:
     """The config's digest shown from the start; a metrics port of its own; spans flushed."""
     observer = app[OBSERVER]
-    observer.config_loaded(app[STATE].current.digest)
+    snapshot = app[STATE].current
+    observer.config_loaded(snapshot.digest)
+    observer.toolsets(snapshot.toolsets, snapshot.missing)
     runner = await start_metrics_port(app)
     yield
     if runner is not None:

@@ -76,7 +76,7 @@ def serve(sock: socket.socket, snapshot: Snapshot, options: Options) -> None:
 async def _serve(sock: socket.socket, snapshot: Snapshot, options: Options) -> None:
     state = State(snapshot)
     app = create_app(snapshot.config, state=state)
-    reloader = Reloader(state, options.path, app[OBSERVER].reloaded)
+    reloader = Reloader(state, options.path, app[OBSERVER])
     stop = _handle_signals(reloader)
     if options.parent_sentinel is not None:
         fd = options.parent_sentinel

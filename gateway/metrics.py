@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,13 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self.toolset_missing = Gauge(
+            "gateway_toolset_missing",
+            "1 while a configured toolset's spec could not be loaded (retried), else 0",
+            ["toolset"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
         self._requests: dict[tuple[str, str, str, int], tuple[Any, Any, Any]] = {}
         self._digest: str | None = None
@@ -220,6 +227,11 @@ class Metrics:
                 self.config_info.remove(self._digest)
         self.config_info.labels(digest).set(1)
         self._digest = digest
+
+    def toolsets(self, configured: Iterable[str], missing: Collection[str]) -> None:
+        """Which configured toolsets are missing now (at start and after every swap)."""
+        for name in configured:
+            self.toolset_missing.labels(name).set(1 if name in missing else 0)
 
     def reloaded(self, ok: bool, digest: str | None = None) -> None:
         """Count a reload; on success, ``digest`` is the new config's."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -98,6 +98,11 @@ class Observer:
     def config_loaded(self, digest: str) -> None:
         if self.metrics is not None:
             self.metrics.config_loaded(digest)
+
+    def toolsets(self, configured: Iterable[str], missing: Collection[str]) -> None:
+        """For the reloader: which toolsets are missing (their specs are being retried)."""
+        if self.metrics is not None:
+            self.metrics.toolsets(configured, missing)
 
     def reloaded(self, ok: bool, digest: str | None = None) -> None:
         """For the reloader: count a reload, and on success show the new config's digest."""

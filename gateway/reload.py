@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
+from gateway.observe import Observer
 from gateway.openapi.load import Spec, fetch_with, is_url
 from gateway.state import Snapshot, State
 from gateway.tools import convert_all, load_specs
@@ -85,13 +86,10 @@ class Reloader:
     """Reloads on request (coalesced: one reload at a time, one more if asked meanwhile) and
     retries missing toolsets with backoff; ``run`` is the task that does both."""
 
-    def __init__(
-        self, state: State, path: Path, on_outcome: Callable[[bool, str | None], None]
-    ) -> None:
+    def __init__(self, state: State, path: Path, observer: Observer) -> None:
         self.state = state
         self.path = path
-        #: called after every reload: whether it worked, and the digest then served
-        self.on_outcome = on_outcome
+        self.observer = observer  # counts reloads, shows the digest and missing toolsets
         self._wanted = asyncio.Event()
         self._done = asyncio.Event()  # set after each attempt (tests and the bench wait on it)
         self._refreeze: asyncio.TimerHandle | None = None
@@ -123,12 +121,12 @@ class Reloader:
             new = await asyncio.to_thread(build_snapshot, config, current)
         except ConfigError as e:
             log.error("reload refused, still serving config %s:\n%s", current.digest, e)
-            self.on_outcome(False, None)
+            self.observer.reloaded(False)
             return False
         if self.state.draining:
             return False
         self._swap(new, "reload")
-        self.on_outcome(True, new.digest)
+        self.observer.reloaded(True, new.digest)
         return True
 
     async def _retry(self) -> None:
@@ -145,6 +143,7 @@ class Reloader:
         old = self.state.swap(new)
         _log_unreloadable(old.config, new.config)
         log_missing(new)
+        self.observer.toolsets(new.toolsets, new.missing)
         log.info(
             "%s: now serving config %s (was %s): %d model(s), %d toolset(s)%s",
             why,

@@ -257,6 +257,14 @@ async def test_sigterm_cuts_what_outlives_shutdown_timeout(gateway_process, fake
     assert "server.shutdown_timeout reached: cutting 1 request(s)" in gw.log()
 
 
+async def missing_gauge(s: aiohttp.ClientSession, url: str) -> float:
+    async with s.get(url + "/metrics") as resp:
+        text = await resp.text()
+    line = next(x for x in text.splitlines() if x.startswith("gateway_toolset_missing{"))
+    assert 'toolset="pets"' in line
+    return float(line.split()[-1])
+
+
 async def _spec(request: web.Request) -> web.Response:
     return web.json_response(SPEC)
 
@@ -281,6 +289,7 @@ async def test_missing_spec_at_startup_serves_and_recovers(gateway_process, fake
                 "missing_toolsets": ["pets"],
             }
         assert await model_ids(s, gw.url) == ["m"]  # its models are served
+        assert await missing_gauge(s, gw.url) == 1.0
 
         spec_app = web.Application()
         spec_app.router.add_get("/openapi.json", _spec)
@@ -296,6 +305,7 @@ async def test_missing_spec_at_startup_serves_and_recovers(gateway_process, fake
             await until(ready)
         finally:
             await runner.cleanup()
+        assert await missing_gauge(s, gw.url) == 0.0
     await gw.wait_log("missing toolset\\(s\\) loaded: now serving")
 
 
