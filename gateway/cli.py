@@ -165,7 +165,14 @@ def _print_tools(tools: ToolSet) -> None:
             + (f", {r.cuts} recursive schema(s) cut" if r.cuts else "")
         )
     for model_id, offered in tools.by_model.items():
-        print(f"model {model_id} is offered {len(offered)} function(s)")
+        selector = tools.selectors.get(model_id)
+        how = ""
+        if selector is not None:
+            sel = selector.config
+            how = f" (tool_selection: {sel.max_functions} per round by {sel.method}" + (
+                ", with find_tools)" if sel.search else ")"
+            )
+        print(f"model {model_id} is offered {len(offered)} function(s){how}")
     for rename in tools.renames:
         print(f"renamed: {rename}")
 

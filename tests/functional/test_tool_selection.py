@@ -297,8 +297,10 @@ def test_tools_query_prints_what_would_be_offered(tmp_path, capsys):
 def test_check_does_not_warn_about_many_functions_with_tool_selection(tmp_path, capsys):
     cfg = _cli_config(tmp_path, n_ops=130, max_functions=24)
     assert main(["check", "--config", cfg]) == 0
-    warnings = [x for x in capsys.readouterr().out.splitlines() if "OpenAI accepts" in x]
+    out = capsys.readouterr().out
+    warnings = [x for x in out.splitlines() if "OpenAI accepts" in x]
     assert len(warnings) == 1 and "model m is offered 130" in warnings[0]
+    assert "model sel is offered 130 function(s) (tool_selection: 24 per round by bm25)" in out
 
 
 async def test_an_unknown_function_gets_the_offered_names_not_every_name(gateway):
