@@ -9,7 +9,9 @@ text lines, so no value can start a line of its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
 import sys
 import time
@@ -32,16 +34,13 @@ class Fields:
         self.fields = fields
 
     def __str__(self) -> str:
-        parts = []
-        for key, value in self.fields.items():  # ints and None first: most values are
-            kind = type(value)
-            if kind is int:
-                parts.append(f"{key}={value}")
-            elif value is None:
-                parts.append(f"{key}=-")
-            else:
-                parts.append(f"{key}={_text_value(value)}")
-        return " ".join(parts)
+        # ints and None first, inline: most values are
+        return " ".join(
+            [
+                f"{k}={v}" if type(v) is int else f"{k}=-" if v is None else f"{k}={_text_value(v)}"
+                for k, v in self.fields.items()
+            ]
+        )
 
 
 def _text_value(value: Any) -> str:
@@ -62,14 +61,21 @@ def _text_value(value: Any) -> str:
 def event(logger: logging.Logger, name: str, fields: dict[str, Any], level: int = 20) -> None:
     """One line for ``name`` (``request``, ``tool call``) with these fields, in field order.
 
-    The record is made here rather than by ``Logger.log``, which would walk the stack to
-    find the caller: an access line is written for every request.
+    When the gateway's own handler (``setup``) is the only one the line would reach, it
+    formats and queues the line itself: no ``LogRecord``, one write per event-loop turn.
+    Otherwise (handlers added by tests or an embedding application) the line is an ordinary
+    record, made here rather than by ``Logger.log``, which would walk the stack.
     """
-    if logger.isEnabledFor(level):
-        record = logging.LogRecord(logger.name, level, "", 0, "%s %s", (name, Fields(fields)), None)
-        record.event = name
-        record.fields = fields
-        logger.handle(record)
+    if not logger.isEnabledFor(level):
+        return
+    handler = _handler
+    if handler is not None and handler.sole_handler_of(logger):
+        handler.event(level, logger.name, name, fields)
+        return
+    record = logging.LogRecord(logger.name, level, "", 0, "%s %s", (name, Fields(fields)), None)
+    record.event = name
+    record.fields = fields
+    logger.handle(record)
 
 
 class TextFormatter(logging.Formatter):
@@ -121,15 +127,110 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+#: event lines are written at most this many seconds after they were queued ...
+WRITE_DELAY = 0.05
+#: ... or as soon as this many are queued
+MAX_QUEUED = 256
+
+
+class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr, text or JSON; events (``event``) are formatted directly and written in batches.
+
+    Queued lines are written ``WRITE_DELAY`` after the first of them (at once without a
+    running loop), before any ordinary record, and when logging shuts down: one write for
+    many access lines instead of one each (a write to a file costs more than the line).
+    """
+
+    def __init__(self, format: str, worker: bool) -> None:
+        super().__init__(sys.stderr)
+        self.json = format == "json"
+        self.setFormatter(
+            JsonFormatter()
+            if self.json
+            else TextFormatter(WORKER_TEXT_FORMAT if worker else TEXT_FORMAT)
+        )
+        self.pid = os.getpid()
+        self.worker = worker
+        self._queued: list[str] = []
+        self._second = -1
+        self._date = ""
+
+    def sole_handler_of(self, logger: logging.Logger) -> bool:
+        node: logging.Logger | None = logger
+        while node is not None and node.parent is not None:
+            if node.handlers or not node.propagate:
+                return False
+            node = node.parent
+        return node is not None and len(node.handlers) == 1 and node.handlers[0] is self
+
+    def event(self, level: int, logger: str, name: str, fields: dict[str, Any]) -> None:
+        now = time.time()
+        if self.json:
+            out = {
+                "time": self._stamp(now, "%Y-%m-%dT%H:%M:%S", time.gmtime, "."),
+                "level": logging.getLevelName(level).lower(),
+                "logger": logger,
+                "pid": self.pid,
+                "event": name,
+            }
+            out.update(fields)
+            line = orjson.dumps(out, default=str).decode()
+        else:
+            where = f"{logger}[{self.pid}]" if self.worker else logger
+            stamp = self._stamp(now, "%Y-%m-%d %H:%M:%S", time.localtime, ",")
+            line = f"{stamp} {logging.getLevelName(level)} {where} {name} {Fields(fields)}"
+        self._queued.append(line + "\n")
+        if len(self._queued) == 1:
+            try:
+                asyncio.get_running_loop().call_later(WRITE_DELAY, self.write_queued)
+            except RuntimeError:
+                self.write_queued()
+        elif len(self._queued) >= MAX_QUEUED:
+            self.write_queued()
+
+    def _stamp(self, now: float, layout: str, convert: Any, point: str) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._date = time.strftime(layout, convert(second))
+        millis = f"{point}{int((now - second) * 1000):03d}"
+        return self._date + millis + ("Z" if point == "." else "")
+
+    def write_queued(self) -> None:
+        if not self._queued:
+            return
+        data = "".join(self._queued)
+        self._queued.clear()
+        self.acquire()
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except Exception:
+            self.handleError(logging.LogRecord("gateway", 40, "", 0, data, None, None))
+        finally:
+            self.release()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.write_queued()  # lines keep their order
+        super().emit(record)
+
+    def flush(self) -> None:
+        self.write_queued()
+        super().flush()
+
+
+_handler: GatewayHandler | None = None
+
+
 def setup(format: str = "text", level: str = "info", *, worker: bool = False) -> None:
     """Route every ``gateway`` log line to stderr, as text or JSON, from ``level`` up."""
-    handler = logging.StreamHandler(sys.stderr)
-    if format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(TextFormatter(WORKER_TEXT_FORMAT if worker else TEXT_FORMAT))
+    global _handler
+    handler = GatewayHandler(format, worker)
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
+        if old is _handler:
+            old.flush()
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    _handler = handler
