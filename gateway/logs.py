@@ -230,7 +230,7 @@ def setup(format: str = "text", level: str = "info", *, worker: bool = False) ->
     for old in root.handlers[:]:
         root.removeHandler(old)
         if old is _handler:
-            old.flush()
+            old.write_queued()  # what it still holds goes out first
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
     _handler = handler
