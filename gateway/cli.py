@@ -7,15 +7,13 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from gateway import __version__, logs
 from gateway.config import MOCK_URL, GatewayConfig, config_path, load_config
 from gateway.errors import CannotServe, ConfigError
-from gateway.lifecycle import Options, bind, serve
+from gateway.lifecycle import EarlyHangup, Options, bind, serve
 from gateway.openapi.load import fetch_with
 from gateway.reload import build_snapshot
 from gateway.selection import Selector
@@ -106,7 +104,7 @@ def setup_logging(config: GatewayConfig, level: str | None, *, worker: bool = Fa
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serving: the config is read fresh
+    early = EarlyHangup()  # a SIGHUP before serving is a reload once serving
     path = config_path(args.config)
     config = load_config(path)
     setup_logging(config, args.log_level)
@@ -117,14 +115,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     if args.workers > 1:
         return supervise(bind(host, port), path, config, args.workers, args.log_level, args.watch)
-    run(config, host, port, path=path, watch=args.watch)
+    run(config, host, port, Options(path, watch=args.watch, early=early))
     return 0
 
 
-def run(config: GatewayConfig, host: str, port: int, *, path: Path, watch: bool) -> None:
+def run(config: GatewayConfig, host: str, port: int, options: Options) -> None:
     """Serve in this process until SIGTERM or SIGINT, then drain."""
     sock = bind(host, port)
-    serve(sock, build_snapshot(config), Options(path, watch=watch))
+    serve(sock, build_snapshot(config), options)
 
 
 # --- check and tools ---------------------------------------------------------------------

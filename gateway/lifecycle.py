@@ -56,6 +56,19 @@ def _listen_error(e: OSError, host: str, port: int) -> ConfigError:
     return ConfigError(f"{host}:{port}", [reason], headline="cannot listen")
 
 
+class EarlyHangup:
+    """Remembers a SIGHUP that comes before serving starts (the socket is bound first, so
+    clients and scripts may see the port open while the specs still load): once serving,
+    it becomes a reload, since the config read at start-up may be older than the signal."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        signal.signal(signal.SIGHUP, self._on_hangup)
+
+    def _on_hangup(self, signum: int, frame: object) -> None:
+        self.seen = True
+
+
 @dataclass(frozen=True)
 class Options:
     """What ``serve`` needs besides the socket and the first snapshot."""
@@ -65,6 +78,7 @@ class Options:
     on_started: Callable[[], None] = lambda: None
     #: a worker's: readable once its parent is gone (then it drains and exits)
     parent_sentinel: int | None = None
+    early: EarlyHangup | None = None
 
 
 def serve(sock: socket.socket, snapshot: Snapshot, options: Options) -> None:
@@ -78,6 +92,8 @@ async def _serve(sock: socket.socket, snapshot: Snapshot, options: Options) -> N
     app = create_app(snapshot.config, state=state)
     reloader = Reloader(state, options.path, app[OBSERVER])
     stop = _handle_signals(reloader)
+    if options.early is not None and options.early.seen:
+        reloader.request("SIGHUP during start-up")
     if options.parent_sentinel is not None:
         fd = options.parent_sentinel
         asyncio.get_running_loop().add_reader(fd, _orphaned, stop, fd)

@@ -29,7 +29,7 @@ from pathlib import Path
 from gateway import logs, metrics
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import CannotServe, ConfigError
-from gateway.lifecycle import Options, serve
+from gateway.lifecycle import EarlyHangup, Options, serve
 from gateway.reload import build_snapshot, watch
 
 log = logging.getLogger("gateway.workers")
@@ -48,6 +48,14 @@ class Worker:
     started: Event
     born: float
     failures: int = 0  # deaths in a row, for the backoff
+    reload_pending: bool = False  # a SIGHUP for when it serves (before, it could kill it)
+
+    def hangup(self) -> None:
+        """Pass a reload on now if this worker serves, else once it does."""
+        self.reload_pending = True
+        if self.started.is_set() and self.process.exitcode is None and self.process.pid:
+            os.kill(self.process.pid, signal.SIGHUP)
+            self.reload_pending = False
 
 
 class Supervisor:
@@ -104,8 +112,7 @@ class Supervisor:
         with contextlib.suppress(ConfigError):  # if so, the workers refuse it and say why
             self.config = load_config(self.path)
         for w in self.workers:
-            if w.process.pid is not None and w.process.exitcode is None:
-                os.kill(w.process.pid, signal.SIGHUP)
+            w.hangup()
 
     def _on_stop(self, signum: int) -> None:
         log.info("%s: draining %d workers", signal.Signals(signum).name, len(self.workers))
@@ -122,6 +129,7 @@ class Supervisor:
     async def _wait_started(self) -> None:
         """Until every worker serves; ``CannotServe`` if one exits first."""
         while not all(w.started.is_set() for w in self.workers):
+            self._pass_pending_reloads()
             for w in self.workers:
                 if w.process.exitcode is not None and not w.started.is_set():
                     raise CannotServe(
@@ -136,6 +144,7 @@ class Supervisor:
         """Start dead workers again (with backoff) until asked to stop."""
         due: dict[int, float] = {}  # slot -> when to start it again
         while not self.stop.is_set():
+            self._pass_pending_reloads()
             now = time.monotonic()
             for i, w in enumerate(self.workers):
                 if w.slot not in due and w.process.exitcode is not None:
@@ -145,6 +154,11 @@ class Supervisor:
                     self.workers[i] = self._spawn(w.slot, w.failures)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), POLL)
+
+    def _pass_pending_reloads(self) -> None:
+        for w in self.workers:
+            if w.reload_pending:
+                w.hangup()
 
     def _buried(self, w: Worker) -> float:
         """Log a dead worker; the delay before its slot starts again."""
@@ -193,7 +207,7 @@ def supervise(
 def worker_main(sock: socket.socket, path: str, level: str | None, started: Event) -> None:
     """A worker process: load the config, serve ``sock`` until SIGTERM (exit 2 if it cannot)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serving; the config is read fresh
+    early = EarlyHangup()  # a reload passed on while this worker starts is done once serving
     logs.setup("text", level or "info", worker=True)
     try:
         config = load_config(path)
@@ -204,7 +218,8 @@ def worker_main(sock: socket.socket, path: str, level: str | None, started: Even
         sys.exit(2)
     parent = multiprocessing.parent_process()
     sentinel = parent.sentinel if parent is not None else None
-    serve(sock, snapshot, Options(Path(path), on_started=started.set, parent_sentinel=sentinel))
+    options = Options(Path(path), on_started=started.set, parent_sentinel=sentinel, early=early)
+    serve(sock, snapshot, options)
 
 
 def mark_dead(pid: int | None) -> None:

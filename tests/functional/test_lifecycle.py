@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from conftest import FakeUpstream, Reply, model, text_stream
+from conftest import FakeUpstream, Reply, model, start_app, text_stream
 from toolapi import SPEC
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,6 +204,33 @@ async def test_reload_with_an_unloadable_spec_is_refused(gateway_process, fake_u
     assert "bad.yaml" in gw.log()
     async with aiohttp.ClientSession() as s:
         assert await model_ids(s, gw.url) == ["m"]
+
+
+async def test_sighup_while_specs_load_at_start_up_is_a_reload_once_serving(
+    gateway_process, fake_upstream
+):
+    up = await fake_upstream()
+    spec_app = web.Application()
+    spec_app.router.add_get("/openapi.json", _slow_spec)
+    runner, spec_url = await start_app(spec_app)
+    try:
+        toolset = {"name": "t", "spec": spec_url + "/openapi.json"}
+        gw = await gateway_process(
+            {"models": [model("m", up)], "tools": [toolset]}, wait=r"config .*model\(s\)"
+        )
+        write_config(gw, {"models": [model("m", up), model("m2", up)], "tools": [toolset]})
+        gw.signal(signal.SIGHUP)  # the port is bound, the spec still loading
+        await gw.wait_log("reload requested \\(SIGHUP during start-up\\)")
+        async with aiohttp.ClientSession() as s:
+            await until(lambda: _has(s, gw.url, "m2"))
+        assert gw.proc.returncode is None
+    finally:
+        await runner.cleanup()
+
+
+async def _slow_spec(request: web.Request) -> web.Response:
+    await asyncio.sleep(1.5)
+    return web.json_response(SPEC)
 
 
 async def test_watch_reloads_on_config_file_change(gateway_process, fake_upstream):
