@@ -1,6 +1,6 @@
 """Reload under load: SIGHUP to the new config serving, with GitHub's REST description.
 
-`python bench/reload.py [--reloads 3]` (also scenario 8 of `bench/run.py`). The gateway
+`python bench/reload.py [--reloads 3]` (also scenario 9 of `bench/run.py`). The gateway
 serves a config whose toolset is GitHub's REST description (@octokit/openapi, fetched with
 npm into bench/.cache). Each round opens streams held open across the reload and keeps
 non-stream requests going, writes a config with one more model, sends SIGHUP and times
@@ -114,7 +114,7 @@ def report(rounds: list[dict], functions: str) -> list[str]:
     streams = [r["streams"] for r in rounds]
     reqs = [r["requests"] for r in rounds]
     return [
-        "## 8. reload under load (GitHub's REST description as a toolset)",
+        "## 9. reload under load (GitHub's REST description as a toolset)",
         "",
         f"- SIGHUP to the new config serving: median {statistics.median(secs):.2f} s "
         f"(min {min(secs):.2f}, max {max(secs):.2f}; {len(secs)} reloads; {functions})",
@@ -132,7 +132,7 @@ def report(rounds: list[dict], functions: str) -> list[str]:
 def run(workdir: Path, reloads: int = 3, streams: int = 20, concurrency: int = 4) -> list[str]:
     spec = github_spec(workdir)
     if spec is None:
-        return ["## 8. reload under load", "", "skipped (no npm)", ""]
+        return ["## 9. reload under load", "", "skipped (no npm)", ""]
     procs = []
     try:
         up_port = free_port()

@@ -456,7 +456,7 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated scenarios to run (1a,1b,1c,2a,2b,3a,3b,4,5,6,7,8); default all",
+        help="comma-separated scenarios to run (1a,1b,1c,2a,2b,3a,3b,4,5,6,7,8,9); default all",
     )
     args = ap.parse_args()
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -562,6 +562,7 @@ def run_all(servers: Servers, args: argparse.Namespace, workdir: Path, lines: Re
         "6": lambda: out.extend(startup_report(workdir)),
         "7": lambda: out.extend(robustness(servers)),
         "8": lambda: out.extend(observability(servers, small, sec, reps, workdir)),
+        "9": lambda: out.extend(reload_report(workdir)),
     }
     unknown = args.only - set(scenarios)
     if unknown:
@@ -818,6 +819,13 @@ def workers(servers: Servers, body: dict, sec: float, reps: int, workdir: Path) 
         "(wrk, the fake upstream and the gateway share this machine's cores)",
         "",
     ]
+
+
+def reload_report(workdir: Path) -> list[str]:
+    """Scenario 9 (bench/reload.py): SIGHUP to the new config serving, under load."""
+    import reload
+
+    return reload.run(workdir)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,17 @@ log = logging.getLogger("gateway.reload")
 FIRST_RETRY = 1.0  # seconds before the first retry of a missing toolset, doubled each time
 MAX_RETRY = 60.0
 REFREEZE_AFTER = 30.0  # seconds after a swap before the heap is frozen again (see _refreeze)
-#: server settings a running process cannot take from a new config (the socket and the
-#: aiohttp app are made once); a reload that changes them logs that a restart is needed
-NOT_RELOADABLE = ("host", "port", "max_request_bytes")
+#: settings a running process cannot take from a new config: the socket, the HTTP server's
+#: connection settings, the log handlers and the observer are made once, at start-up. A
+#: reload that changes one logs that a restart is needed.
+NOT_RELOADABLE = (
+    "server.host",
+    "server.port",
+    "server.header_timeout",
+    "logging",
+    "metrics",
+    "tracing",
+)
 
 
 def build_snapshot(config: GatewayConfig, current: Snapshot | None = None) -> Snapshot:
@@ -175,14 +183,17 @@ def _refreeze() -> None:
 
 def _log_unreloadable(old: GatewayConfig, new: GatewayConfig) -> None:
     for key in NOT_RELOADABLE:
-        before, after = getattr(old.server, key), getattr(new.server, key)
+        before, after = _get(old, key), _get(new, key)
         if before != after:
-            log.warning(
-                "server.%s changed (%s -> %s): a reload cannot apply it; restart the gateway",
-                key,
-                before,
-                after,
-            )
+            shown = f" ({before} -> {after})" if "." in key else ""
+            log.warning("%s changed%s: a reload cannot apply it; restart the gateway", key, shown)
+
+
+def _get(config: GatewayConfig, dotted: str) -> object:
+    value: object = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def log_missing(snapshot: Snapshot) -> None:

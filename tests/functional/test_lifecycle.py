@@ -159,7 +159,8 @@ async def test_sighup_reload_keeps_open_stream_and_serves_new_config(
     gw = await gateway_process(old)
     async with aiohttp.ClientSession() as s:
         stream = await open_stream(s, gw.url, "m")
-        write_config(gw, {"models": [model("m", up, upstream_model="new-up"), model("m2", up)]})
+        new = {"models": [model("m", up, upstream_model="new-up"), model("m2", up)]}
+        write_config(gw, {**new, "server": {"port": 1}})
         gw.signal(signal.SIGHUP)
         await until(lambda: _has(s, gw.url, "m2"))
         assert stream.content.at_eof() is False  # the stream is still open across the swap
@@ -171,6 +172,7 @@ async def test_sighup_reload_keeps_open_stream_and_serves_new_config(
             assert resp.status == 200
     assert [r.body["model"] for r in up.received] == ["old-up", "new-up"]
     await gw.wait_log(r"reload: now serving config \w+ \(was \w+\): 2 model\(s\)")
+    await gw.wait_log(r"server.port changed \(8080 -> 1\): a reload cannot apply it; restart")
 
 
 async def _has(s: aiohttp.ClientSession, url: str, model_id: str) -> bool:
