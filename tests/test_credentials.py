@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from aiohttp import web
@@ -66,7 +67,10 @@ class SecureAPI:
             return False
         if scheme.get("type") == "apiKey":
             where = {"header": request.headers, "query": request.query, "cookie": request.cookies}
-            return where[scheme["in"]].get(scheme["name"]) == expected
+            value = where[scheme["in"]].get(scheme["name"])
+            if scheme["in"] == "cookie" and value is not None:
+                value = unquote(value)  # cookie values travel percent-encoded
+            return value == expected
         auth = request.headers.get("Authorization", "")
         if scheme.get("type") in ("basic",) or scheme.get("scheme") == "basic":
             return auth == "Basic " + expected
@@ -84,6 +88,7 @@ class SecureAPI:
             return web.json_response({"error": "Invalid security scheme used"}, status=401)
         return web.json_response(
             {
+                "raw_path": request.raw_path,
                 "headers": dict(request.headers),
                 "query": dict(request.query),
                 "body": body,
@@ -311,6 +316,37 @@ def test_check_lists_operations_no_configured_credentials_satisfy(tmp_path, caps
     )
 
 
+WIRE_SECRET = "s3cr/t+v=&é#x"  # encodes differently in every form
+
+
+@pytest.mark.parametrize("scheme", ["key_q", "key_c", "key_h", "basic", "bearer", "oidc", "user"])
+async def test_every_credential_kind_stays_out_of_tool_messages_and_logs(
+    tmp_path, serve, caplog, scheme
+):
+    from urllib.parse import quote, quote_plus
+
+    schemes = {**SCHEMES, "user": {"type": "http", "scheme": "bearer"}}
+    doc = oas3({"/x": _get("x", [{scheme: []}])}, schemes)
+    value: Any = WIRE_SECRET
+    if scheme == "basic":
+        value = {"username": "ann", "password": WIRE_SECRET}
+    elif scheme == "user":
+        value = {"from_header": "X-User-Token"}
+    pair = base64.b64encode(f"ann:{WIRE_SECRET}".encode()).decode()
+    api = SecureAPI(doc, {scheme: pair if scheme == "basic" else WIRE_SECRET})
+    url = await serve(api.app)
+    tools, snap = await tools_for(tmp_path, doc, url, credentials={scheme: value})
+    headers = {"X-User-Token": WIRE_SECRET} if scheme == "user" else {}
+    caplog.set_level("DEBUG")
+    (result,) = await run(snap, [(tools.tools["x"], {})], headers)
+    assert result.status == 200 and "[redacted]" in result.content
+    forms = [WIRE_SECRET, quote(WIRE_SECRET, safe=""), quote_plus(WIRE_SECRET), pair]
+    forms.append(json.dumps(WIRE_SECRET)[1:-1])
+    for form in forms:
+        assert form not in result.content, form
+        assert form not in caplog.text, form
+
+
 # --- config errors ----------------------------------------------------------------------------
 
 
@@ -532,8 +568,11 @@ async def test_text_only_request_body_is_a_string_sent_as_is(tmp_path, serve):
     api = SecureAPI(doc, {})
     url = await serve(api.app)
     tools, snap = await tools_for(tmp_path, doc, url)
-    assert sorted(tools.tools) == ["jwt", "xml", "yaml"]
-    assert [s.method + " " + s.path for s in tools.reports[0].skipped] == ["POST /obj"]
+    assert sorted(tools.tools) == ["jwt", "obj", "xml", "yaml"] and not tools.reports[0].skipped
+    assert tools.tools["obj"].parameters["properties"]["requestBody"] == {
+        "type": "string",
+        "description": "The request body as application/xml text.",
+    }
     body = tools.tools["xml"].parameters["properties"]["requestBody"]
     assert body == {"type": "string"} and tools.tools["xml"].parameters["required"] == [
         "requestBody"

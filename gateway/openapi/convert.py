@@ -254,7 +254,9 @@ class Converter:
             text_type = next((c for c in consumes if is_text_like(c)), None)
             schema = dict(self.schemas.build(body.get("schema", {}), resolver))
             _describe(schema, body)
-            if json_type is None and text_type is not None and _stringy(schema):
+            if json_type is None and text_type is not None:
+                if not _stringy(schema):
+                    schema = {"description": f"The request body as {text_type} text."}
                 return Body(text_type, body.get("required") is True, {**schema, "type": "string"})
             return Body(json_type or "application/json", body.get("required") is True, schema)
         multipart = any("multipart" in c for c in consumes)
@@ -337,14 +339,18 @@ def _stringy(schema: dict[str, Any]) -> bool:
 def _text_body(
     content: dict[str, Any], raw: dict[str, Any], resolver: Resolver[Any], schemas: Schemas
 ) -> Body | None:
-    """A body offered as one string: the first text-like type with a string (or no) schema."""
+    """The first text-like body type, offered as one string sent as is.
+
+    A string (or absent) schema keeps its keywords; a structured one (XML or YAML described
+    as an object) becomes a string the model writes in that format.
+    """
     for content_type, media in content.items():
         if not is_text_like(content_type):
             continue
         media = media if isinstance(media, dict) else {}
         schema = dict(schemas.build(media.get("schema", {}), resolver))
         if not _stringy(schema):
-            continue
+            schema = {"description": f"The request body as {content_type} text."}
         schema["type"] = "string"
         if isinstance(raw.get("description"), str) and "description" not in schema:
             schema["description"] = raw["description"]
