@@ -207,6 +207,7 @@ async def selected(config: GatewayConfig, selector: Selector, query: str) -> lis
             router = Router(config)
             chain = router.chain(router.resolve(selector.config.embedding_model))
             embed = embedder(Upstream(session), chain, "")
+            await selector.warm(embed)  # as at start-up: every function embedded first
         offering = await selector.offering([{"role": "user", "content": query}], embed)
     finally:
         await session.close()

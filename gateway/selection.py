@@ -46,6 +46,10 @@ class SelectionUnavailable(RuntimeError):
     """The embeddings could not be had for this request (BM25 is used instead)."""
 
 
+class StillLoading(SelectionUnavailable):
+    """The functions' embeddings are being loaded (BM25 meanwhile, without a warning)."""
+
+
 # --- text -> terms -------------------------------------------------------------------------
 
 
@@ -220,10 +224,10 @@ class Bm25Index:
 
 
 class EmbeddingIndex:
-    """The functions' embeddings (normalised), fetched on first use through ``Embed``.
+    """The functions' embeddings (normalised), loaded once through ``Embed``.
 
-    Requests arriving while they load wait for the same load. After a failed load, requests
-    use BM25 without trying again for ``RETRY_AFTER`` seconds.
+    A request never waits for the load: until it is done (or for ``RETRY_AFTER`` seconds
+    after it failed) requests rank with BM25. Start-up (``Selector.warm``) and the CLI wait.
     """
 
     RETRY_AFTER = 30.0
@@ -231,34 +235,43 @@ class EmbeddingIndex:
     def __init__(self, docs: list[str]) -> None:
         self.docs = docs
         self.matrix: np.ndarray | None = None
-        self._loading: asyncio.Future[np.ndarray] | None = None
+        self._loading: asyncio.Future[None] | None = None
         self._failed_at = float("-inf")
+        self._error = ""
 
-    async def ensure(self, embed: Embed) -> np.ndarray:
+    @property
+    def loading(self) -> bool:
+        return self._loading is not None and not self._loading.done()
+
+    async def ensure(self, embed: Embed, wait: bool = True) -> np.ndarray:
         if self.matrix is not None:
             return self.matrix
         if self._loading is None or self._loading.done():
             waited = time.monotonic() - self._failed_at
             if waited < self.RETRY_AFTER:
                 raise SelectionUnavailable(
-                    f"the functions' embeddings failed to load {waited:.0f} s ago"
+                    f"the functions' embeddings failed to load {waited:.0f} s ago: {self._error}"
                 )
             self._loading = asyncio.ensure_future(self._load(embed))
-        try:
-            self.matrix = await asyncio.shield(self._loading)
-        except Exception:
-            self._failed_at = time.monotonic()
-            raise
+        if not wait:
+            raise StillLoading("the functions' embeddings are still loading")
+        await asyncio.shield(self._loading)
+        if self.matrix is None:
+            raise SelectionUnavailable(f"the functions' embeddings failed to load: {self._error}")
         return self.matrix
 
-    async def _load(self, embed: Embed) -> np.ndarray:
-        rows: list[list[float]] = []
-        for i in range(0, len(self.docs), EMBED_BATCH):
-            rows += await embed(self.docs[i : i + EMBED_BATCH])
-        return normalised(rows, len(self.docs))
+    async def _load(self, embed: Embed) -> None:
+        try:
+            rows: list[list[float]] = []
+            for i in range(0, len(self.docs), EMBED_BATCH):
+                rows += await embed(self.docs[i : i + EMBED_BATCH])
+            self.matrix = normalised(rows, len(self.docs))
+        except Exception as e:  # reported by ensure(), tried again after RETRY_AFTER
+            self._failed_at = time.monotonic()
+            self._error = _short(e)
 
     async def scores(self, queries: list[str], embed: Embed) -> np.ndarray:
-        matrix = await self.ensure(embed)
+        matrix = await self.ensure(embed, wait=False)
         vectors = normalised(await embed(queries), len(queries))
         import numpy as np
 
@@ -377,6 +390,9 @@ class Selector:
             return self.rank_bm25(queries, k)
         try:
             dense = await self.embeddings.scores(queries, embed)
+        except StillLoading:
+            log.debug("model %s: embeddings still loading; ranking with bm25", self.model)
+            return self.rank_bm25(queries, k)
         except Exception as e:  # whatever went wrong with the embeddings, BM25 still works
             log.warning(
                 "model %s: embeddings unavailable (%s); ranking functions with bm25 for this "

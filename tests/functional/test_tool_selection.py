@@ -14,6 +14,7 @@ from test_tool_loop import answer, calls, collect
 from gateway.cli import main
 from gateway.config import build_config
 from gateway.errors import ConfigError
+from gateway.state import STATE
 
 THINGS = [
     "issue",
@@ -180,6 +181,12 @@ async def test_find_tools_with_bad_arguments_says_what_it_needs(gateway, api):
 # --- embeddings ----------------------------------------------------------------------------
 
 
+async def settled(gw) -> None:
+    """Wait until the start-up load of the functions' embeddings has ended, either way."""
+    selector = gw.app[STATE].current.tools.selectors["m"]
+    await wait_for(lambda: not selector.embeddings.loading)
+
+
 def keyword_embeddings(rec) -> Reply:
     """A toy embedding model: one dimension per kind of thing, 'crew' meaning team."""
     vectors = []
@@ -193,11 +200,12 @@ def keyword_embeddings(rec) -> Reply:
 async def test_embeddings_rank_by_meaning(gateway, fake_upstream):
     emb = await fake_upstream()
     emb.default = keyword_embeddings
-    up, _, client = await gateway(
+    up, gw, client = await gateway(
         {"max_functions": 5, "method": "embeddings", "embedding_model": "emb"},
         [model("emb", emb)],
     )
-    await wait_for(lambda: len(emb.received) == 1)  # every function, once, at start-up
+    await settled(gw)
+    assert len(emb.received) == 1  # every function, once, at start-up
     assert len(emb.received[0].body["input"]) == 50
     up.push(answer(), answer())
     await client.chat.completions.create(model="m", messages=user("get rid of the crew"))
@@ -213,9 +221,10 @@ async def test_embeddings_rank_by_meaning(gateway, fake_upstream):
 async def test_a_failing_embedding_call_falls_back_to_bm25(gateway, fake_upstream, caplog, method):
     emb = await fake_upstream()
     emb.default = Reply(status=500, json={"error": {"message": "down", "type": "server_error"}})
-    up, _, client = await gateway(
+    up, gw, client = await gateway(
         {"max_functions": 5, "method": method, "embedding_model": "emb"}, [model("emb", emb)]
     )
+    await settled(gw)
     up.push(answer())
     with caplog.at_level(logging.WARNING, logger="gateway.selection"):
         res = await client.chat.completions.create(model="m", messages=user("open an issue"))
@@ -228,9 +237,10 @@ async def test_a_failing_embedding_call_falls_back_to_bm25(gateway, fake_upstrea
 async def test_embeddings_of_the_wrong_shape_fall_back_to_bm25(gateway, fake_upstream, caplog):
     emb = await fake_upstream()
     emb.default = Reply(json={"object": "list", "data": [{"index": 0, "embedding": [1.0]}]})
-    up, _, client = await gateway(
+    up, gw, client = await gateway(
         {"max_functions": 5, "method": "hybrid", "embedding_model": "emb"}, [model("emb", emb)]
     )
+    await settled(gw)
     up.push(answer())
     await client.chat.completions.create(model="m", messages=user("open an issue"))
     assert offered(up.received[0])[0] == "createIssue"
@@ -312,3 +322,17 @@ async def test_an_unknown_function_gets_the_offered_names_not_every_name(gateway
     assert text.startswith("Error: there is no function named 'closeAllTheThings'. ")
     assert "Functions offered now: createIssue, " in text and "find_tools to search" in text
     assert "deleteTeam" not in text
+
+
+async def test_requests_do_not_wait_for_the_embeddings_to_load(gateway, fake_upstream):
+    emb = await fake_upstream()
+    emb.default = keyword_embeddings
+    emb.push(Reply(json={}, delay=30))  # the start-up load hangs
+    up, gw, client = await gateway(
+        {"max_functions": 5, "method": "hybrid", "embedding_model": "emb"}, [model("emb", emb)]
+    )
+    await wait_for(lambda: len(emb.received) == 1)
+    up.push(answer())
+    await client.chat.completions.create(model="m", messages=user("open an issue"))
+    assert offered(up.received[0])[0] == "createIssue"  # BM25 meanwhile
+    assert len(emb.received) == 1  # no query embedding either
