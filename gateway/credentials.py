@@ -158,7 +158,7 @@ class ToolsetCredentials:
         for alternative in op.security:  # configured, but the request lacks a per-user value
             if all(n in self.values for n in alternative):
                 missing = [
-                    f"{n} (the client request's {self.values[n].from_header} header)"  # type: ignore[union-attr]
+                    f"{n} (the client request's {_header_of(self.values[n])} header)"
                     for n in alternative
                     if not self._available(n, client_headers)
                 ]
@@ -194,13 +194,21 @@ class ToolsetCredentials:
         call.credentials.append(_placed(scheme, secret))
 
 
+def _header_of(value: Any) -> str:
+    return value.from_header if isinstance(value, FromHeader) else "?"
+
+
 def _token_url(value: ClientCredentials, scheme: SecurityScheme) -> str:
     return value.token_url or scheme.token_url or ""
 
 
 def _placed(scheme: SecurityScheme, value: str) -> Credential:
-    if scheme.type == "apiKey" and scheme.location in ("header", "query", "cookie"):
-        return Credential(scheme.location, scheme.param or "", value)  # type: ignore[arg-type]
+    if scheme.type == "apiKey":
+        where = scheme.location
+        location: Literal["header", "query", "cookie"] = (
+            "query" if where == "query" else "cookie" if where == "cookie" else "header"
+        )
+        return Credential(location, scheme.param or "", value)
     kind = scheme.http_scheme if scheme.type == "http" else "bearer"
     label = "Bearer" if kind in (None, "bearer") else str(kind).capitalize()
     return Credential("header", "Authorization", f"{label} {value}")
