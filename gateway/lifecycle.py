@@ -170,8 +170,8 @@ def _freeze_startup_heap() -> None:
     Every request allocates enough (a parsed body, its messages) to trigger collections;
     without this each full one walks the whole start-up heap again. In the bench it took
     the 30 KB-body throughput at concurrency 32 from 0.71-0.74 to 0.84-1.13 of the floor,
-    and the gateway's p99 there below the floor's. A reload unfreezes, and freezes the
-    heap again later (``gateway.reload``).
+    and the gateway's p99 there below the floor's. A reload freezes its new snapshot too
+    (``gateway.reload``).
     """
     gc.collect()
     gc.freeze()

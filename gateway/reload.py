@@ -32,7 +32,6 @@ log = logging.getLogger("gateway.reload")
 
 FIRST_RETRY = 1.0  # seconds before the first retry of a missing toolset, doubled each time
 MAX_RETRY = 60.0
-REFREEZE_AFTER = 30.0  # seconds after a swap before the heap is frozen again (see _refreeze)
 #: settings a running process cannot take from a new config: the socket, the HTTP server's
 #: connection settings, the log handlers and the observer are made once, at start-up. A
 #: reload that changes one logs that a restart is needed.
@@ -99,8 +98,6 @@ class Reloader:
         self.path = path
         self.observer = observer  # counts reloads, shows the digest and missing toolsets
         self._wanted = asyncio.Event()
-        self._done = asyncio.Event()  # set after each attempt (tests and the bench wait on it)
-        self._refreeze: asyncio.TimerHandle | None = None
 
     def request(self, reason: str) -> None:
         """Ask for a reload (from a signal handler or the file watcher); returns at once."""
@@ -161,23 +158,17 @@ class Reloader:
             len(new.config.tools),
             f", missing: {', '.join(new.missing)}" if new.missing else "",
         )
-        self._schedule_refreeze()
-
-    def _schedule_refreeze(self) -> None:
-        """Let the cyclic GC reach the old snapshot, then freeze the heap again.
-
-        ``gc.freeze`` at start-up keeps the start-up heap out of collections; the replaced
-        snapshot must become collectable, and the new one is worth freezing once the
-        requests that still hold the old one are done.
-        """
-        gc.unfreeze()
-        if self._refreeze is not None:
-            self._refreeze.cancel()
-        self._refreeze = asyncio.get_running_loop().call_later(REFREEZE_AFTER, _refreeze)
+        _freeze_new()
 
 
-def _refreeze() -> None:
-    gc.collect()
+def _freeze_new() -> None:
+    """Keep the new snapshot out of the cyclic GC's full collections, as at start-up.
+
+    A snapshot holds no reference cycles (the one of GitHub's REST description leaves no
+    unreachable objects behind), so the old one is freed by reference counting when its
+    last request ends, frozen or not; only the young generations are collected first.
+    """
+    gc.collect(1)
     gc.freeze()
 
 
