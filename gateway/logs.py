@@ -33,6 +33,10 @@ class Fields:
     def __init__(self, fields: dict[str, Any]) -> None:
         self.fields = fields
 
+    def as_dict(self) -> dict[str, Any]:
+        """The fields in order (a subclass may build them only now, for JSON)."""
+        return self.fields
+
     def __str__(self) -> str:
         # ints and None first, inline: most values are
         return " ".join(
@@ -41,6 +45,13 @@ class Fields:
                 for k, v in self.fields.items()
             ]
         )
+
+
+def plain(text: str | None) -> str:
+    """A string as a text-line value: as it is when plain, else as a JSON string; None: -."""
+    if text is None:
+        return "-"
+    return text if text and _NOT_PLAIN.search(text) is None else orjson.dumps(text).decode()
 
 
 def _text_value(value: Any) -> str:
@@ -58,7 +69,9 @@ def _text_value(value: Any) -> str:
     return _text_value(str(value))
 
 
-def event(logger: logging.Logger, name: str, fields: dict[str, Any], level: int = 20) -> None:
+def event(
+    logger: logging.Logger, name: str, fields: dict[str, Any] | Fields, level: int = 20
+) -> None:
     """One line for ``name`` (``request``, ``tool call``) with these fields, in field order.
 
     When the gateway's own handler (``setup``) is the only one the line would reach, it
@@ -68,13 +81,15 @@ def event(logger: logging.Logger, name: str, fields: dict[str, Any], level: int 
     """
     if not logger.isEnabledFor(level):
         return
+    if not isinstance(fields, Fields):
+        fields = Fields(fields)
     handler = _handler
     if handler is not None and handler.sole_handler_of(logger):
         handler.event(level, logger.name, name, fields)
         return
-    record = logging.LogRecord(logger.name, level, "", 0, "%s %s", (name, Fields(fields)), None)
+    record = logging.LogRecord(logger.name, level, "", 0, "%s %s", (name, fields), None)
     record.event = name
-    record.fields = fields
+    record.fields = fields.as_dict()
     logger.handle(record)
 
 
@@ -163,7 +178,7 @@ class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
             node = node.parent
         return node is not None and len(node.handlers) == 1 and node.handlers[0] is self
 
-    def event(self, level: int, logger: str, name: str, fields: dict[str, Any]) -> None:
+    def event(self, level: int, logger: str, name: str, fields: Fields) -> None:
         now = time.time()
         if self.json:
             out = {
@@ -173,12 +188,12 @@ class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 "pid": self.pid,
                 "event": name,
             }
-            out.update(fields)
+            out.update(fields.as_dict())
             line = orjson.dumps(out, default=str).decode()
         else:
             where = f"{logger}[{self.pid}]" if self.worker else logger
             stamp = self._stamp(now, "%Y-%m-%d %H:%M:%S", time.localtime, ",")
-            line = f"{stamp} {logging.getLevelName(level)} {where} {name} {Fields(fields)}"
+            line = f"{stamp} {logging.getLevelName(level)} {where} {name} {fields}"
         self._queued.append(line + "\n")
         if len(self._queued) == 1:
             try:
