@@ -40,6 +40,11 @@ def _why_not_json(raw: bytes, reason: str) -> str:
             f"The request body is nested deeper than {MAX_DEPTH} levels of arrays and "
             "objects; the gateway does not read it."
         )
+    if "not valid UTF-8" in reason:
+        return (
+            "The request body is not valid UTF-8 (a byte sequence that is no character); "
+            "send JSON encoded as UTF-8."
+        )
     if "surrogate" in reason:
         return (
             "The request body has a lone UTF-16 surrogate escape (such as \\ud800) in a "

@@ -160,7 +160,9 @@ def json_error(status: int, body: bytes) -> web.Response:
 def check_client_key(request: web.Request, keys: tuple[bytes, ...]) -> int:
     """The index of the client's key in ``keys``; a missing or wrong key raises."""
     given = request.headers.get("Authorization", "")
-    token = given[7:].strip().encode() if given[:7].lower() == "bearer " else b""
+    # aiohttp hands undecodable header bytes over as surrogates: turn them back into bytes
+    raw = given[7:].strip().encode("utf-8", "surrogateescape")
+    token = raw if given[:7].lower() == "bearer " else b""
     found = -1
     for i, key in enumerate(keys):  # compare with every key, always: timing says nothing
         if hmac.compare_digest(token, key):

@@ -9,6 +9,7 @@ the route asks for a change, and relays the upstream's bytes to the client untou
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from gateway.errors import InvalidRequest, NotFound, UnsupportedMediaType, error
 from gateway.facts import USAGE_TAIL
 from gateway.intake import confined_tail, read_body
 from gateway.routing import Route
+from gateway.server import expect_continue
 from gateway.state import STATE, UPSTREAM
 from gateway.upstream import BodyFor, Reply, midstream_error
 
@@ -51,16 +53,18 @@ UNPREFIXED = "completions|embeddings|responses|moderations|images|audio|rerank"
 
 def add_routes(app: web.Application, edge: Callable[[Handler], Handler]) -> None:
     """Every route, each handler wrapped in ``edge``; anything else gets an OpenAI 404/405."""
-    app.router.add_get("/healthz", edge(healthz))
-    app.router.add_get("/readyz", edge(readyz))
+    get = functools.partial(app.router.add_get, expect_handler=expect_continue)
+    post = functools.partial(app.router.add_post, expect_handler=expect_continue)
+    get("/healthz", edge(healthz))
+    get("/readyz", edge(readyz))
     for prefix in ("/v1", ""):
-        app.router.add_get(prefix + "/models", edge(list_models))
-        app.router.add_get(prefix + "/models/{model_id:.+}", edge(get_model))
-        app.router.add_post(prefix + "/chat/completions", edge(chat_completions))
-    app.router.add_post("/v1/{tail:[\\s\\S]+}", edge(other_endpoint))  # newlines too: refused
-    app.router.add_post("/{tail:(?:" + UNPREFIXED + ")(?:/.+)?}", edge(other_endpoint))
+        get(prefix + "/models", edge(list_models))
+        get(prefix + "/models/{model_id:.+}", edge(get_model))
+        post(prefix + "/chat/completions", edge(chat_completions))
+    post("/v1/{tail:[\\s\\S]+}", edge(other_endpoint))  # newlines too: refused
+    post("/{tail:(?:" + UNPREFIXED + ")(?:/.+)?}", edge(other_endpoint))
     # last: only what nothing else took (any path, "%0A" in it too: aiohttp's own 404 is text)
-    app.router.add_route("*", "/{path:[\\s\\S]*}", edge(no_route))
+    app.router.add_route("*", "/{path:[\\s\\S]*}", edge(no_route), expect_handler=expect_continue)
 
 
 async def no_route(request: web.Request) -> web.StreamResponse:

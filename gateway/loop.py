@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from gateway import stream
 from gateway.errors import GatewayError, UpstreamError
-from gateway.stream import StreamMerger, add_usage, new_call_id
+from gateway.stream import StreamMerger, add_usage, given_call_id, new_call_id
 
 log = logging.getLogger("gateway.loop")
 
@@ -388,7 +388,7 @@ def _with_ids(calls: Any) -> list[dict[str, Any]]:
             args = orjson.dumps(args if args is not None else {}).decode()
         out.append(
             {
-                "id": call.get("id") or new_call_id(),
+                "id": given_call_id(call.get("id")) or new_call_id(),
                 "type": "function",
                 "function": {"name": fn["name"], "arguments": args},
             }

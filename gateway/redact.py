@@ -104,26 +104,39 @@ class Redactor:
             return MARK
 
     def drop_partial(self, text: str) -> str:
-        """``text`` without a tail that begins a secret's form (or the ``[redacted]`` mark).
+        """``text`` without a tail that begins a secret (in any form) or the ``[redacted]`` mark.
 
-        For a text that was cut off: the rest of a secret may be what was cut.
+        For a text that was cut off: the rest of a secret may be what was cut. The tail is
+        decoded escape by escape (percent, JSON, HTML, ``+``), as the regex matches them, and
+        compared with the start of every secret and of its base64 forms.
         """
-        by_first = self._by_first
-        longest = max(len(f) for forms in by_first.values() for f in forms)
-        for i in range(max(0, len(text) - longest + 1), len(text)):
+        prefixes = self._prefix_forms
+        if not prefixes:
+            return text
+        longest = max(len(p) for p in prefixes) * 12  # one character may take 12 on the wire
+        starts = self._starts
+        for i in range(max(0, len(text) - max(longest, len(MARK))), len(text)):
+            if text[i] not in starts:
+                continue
             tail = text[i:]
-            for form in by_first.get(text[i], ()):
-                if len(form) > len(tail) and form.startswith(tail):
-                    return text[:i]
+            if MARK.startswith(tail) or _begins_one_of(tail, prefixes):
+                return text[:i]
         return text
 
     @functools.cached_property
-    def _by_first(self) -> dict[str, tuple[str, ...]]:
-        """The common forms of every secret, and the mark, by their first character."""
-        out: dict[str, tuple[str, ...]] = {}
-        for form in (*_forms_of(self.secrets), MARK):
-            out[form[0]] = (*out.get(form[0], ()), form)
-        return out
+    def _starts(self) -> frozenset[str]:
+        """Characters a secret's wire form (or the mark) can begin with."""
+        firsts = {s[0] for s in self.secrets} | {
+            f[0] for s in self.secrets for f in _base64_forms(s)
+        }
+        return frozenset(firsts | set("%\\&+ ["))
+
+    @functools.cached_property
+    def _prefix_forms(self) -> tuple[bytes, ...]:
+        """Every secret and its base64 forms, as bytes, ``+`` read as a space."""
+        out = {_plus_as_space(s.encode("utf-8", "surrogatepass")) for s in self.secrets}
+        out |= {f.encode() for s in self.secrets for f in _base64_forms(s)}
+        return tuple(out)
 
     def cut(self, text: str, max_bytes: int) -> str:
         """The first ``max_bytes`` bytes (UTF-8) of redacted text; no partial secret at the end."""
@@ -150,6 +163,46 @@ def _base64_forms(secret: str) -> list[str]:
     for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
         out += [encoded, encoded.rstrip("=")]  # with and without padding
     return out
+
+
+#: one character as some wire format writes it: percent, JSON and HTML escapes, or itself
+_TOKEN = re.compile(
+    r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\[\\/\"bfnrt]|&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[a-z]{2,6});|.",
+    re.DOTALL,
+)
+#: an escape cut off at the end of a text
+_UNFINISHED = re.compile(r"(?:%[0-9A-Fa-f]?|\\(?:u[0-9A-Fa-f]{0,3})?|&#?[xX]?[0-9A-Za-z]{0,6})\Z")
+_JSON_ESCAPES = {"b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t"}
+
+
+def _begins_one_of(tail: str, prefixes: tuple[bytes, ...]) -> bool:
+    """Whether ``tail``, decoded, is the beginning (not the whole) of one of ``prefixes``."""
+    end = tail[-12:]  # an unfinished escape is shorter than that
+    unfinished = _UNFINISHED.search(end)
+    body = tail[: len(tail) - len(end) + unfinished.start()] if unfinished else tail
+    got = b""
+    for m in _TOKEN.finditer(body):  # stops at the first token no secret continues with
+        got += _plus_as_space(_decode_token(m.group()))
+        prefixes = tuple(p for p in prefixes if p.startswith(got))
+        if not prefixes:
+            return False
+    return any(len(got) < len(p) or unfinished for p in prefixes)
+
+
+def _decode_token(token: str) -> bytes:
+    if len(token) == 1:
+        return token.encode("utf-8", "surrogatepass")
+    if token[0] == "%":
+        return bytes([int(token[1:], 16)])
+    if token.startswith("\\u"):
+        return chr(int(token[2:], 16)).encode("utf-8", "surrogatepass")
+    if token[0] == "\\":
+        return _JSON_ESCAPES.get(token[1], token[1].encode())
+    return html.unescape(token).encode("utf-8", "surrogatepass")
+
+
+def _plus_as_space(data: bytes) -> bytes:
+    return data.replace(b"+", b" ")
 
 
 def _forms_of(secrets: Iterable[str]) -> tuple[str, ...]:

@@ -5,6 +5,9 @@
   previous response; the same timer closes idle keep-alive connections), so slow-header
   (slowloris) connections are closed; header size limits; and no automatic request
   decompression (``gateway.intake`` inflates bodies itself, after the key check, to a cap).
+- ``expect_continue``: the ``Expect`` handler of every route: ``100-continue`` is answered
+  as HTTP/1.1 says; any other expectation is a 417 OpenAI error (aiohttp's own answer is
+  plain text that repeats the header).
 - ``answer_protocol_errors(app)``: what aiohttp answers by itself, before any handler (a
   header line too long, a bad ``Content-Length``, a control character in the path), is
   sent as an OpenAI error body instead of aiohttp's plain text, and never echoes the input.
@@ -12,11 +15,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import ERROR
 
 from gateway.config import ServerConfig
@@ -33,6 +37,22 @@ def handler_args(server: ServerConfig) -> dict[str, Any]:
         "max_field_size": MAX_LINE,
         "auto_decompress": False,
     }
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Let a client that waits for ``100 Continue`` send its body; refuse other expectations."""
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        if request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
+    body = error_body(
+        "The Expect header is not supported; only 'Expect: 100-continue' is.",
+        "invalid_request_error",
+        None,
+        "expectation_failed",
+    )
+    return web.Response(status=417, body=orjson.dumps(body), content_type="application/json")
 
 
 def answer_protocol_errors(app: web.Application) -> None:
@@ -56,6 +76,7 @@ class _UnparsableRequest(web.Request):
             response.body = body
             response.content_type = "application/json"
             response.headers["Content-Length"] = str(len(body))
+            response.headers["x-request-id"] = os.urandom(12).hex()  # no edge ran to give one
         await super()._prepare_hook(response)
 
 

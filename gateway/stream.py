@@ -98,6 +98,15 @@ class SSEParser:
             self._data, self._data_size = [], 0
 
 
+def given_call_id(value: Any) -> str:
+    """An upstream's tool-call id as a string ('' when it sent none usable)."""
+    if isinstance(value, str):
+        return value[:128]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return ""
+
+
 def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
@@ -131,7 +140,7 @@ class ToolCallAccumulator:
         fn = delta.get("function")
         if not isinstance(fn, dict):
             fn = {}
-        call_id = delta.get("id") or ""
+        call_id = given_call_id(delta.get("id"))
         index = delta.get("index")
         pos = (
             self._by_index.get(index)

@@ -633,7 +633,8 @@ async def read_result(
     ctype = resp.headers.get("Content-Type", "").lower()
     head = f"HTTP {resp.status}"
     if data and not _is_text(ctype, bytes(data[:1024])):
-        note = f"[binary response: {ctype or 'unknown type'}, {_size(resp, data, complete)}]"
+        media = ctype.split(";")[0].strip()  # its parameters are the server's words, unredacted
+        note = f"[binary response: {media or 'unknown type'}, {_size(resp, data, complete)}]"
         return ToolResult(f"{head}\n{note}", resp.status, len(data))
     text = _body_text(bytes(data), ctype, complete)
     if not complete:

@@ -138,3 +138,22 @@ async def test_a_gateway_failure_while_running_a_call_is_a_tool_message():
     await loop.complete()
     [tool] = [m for m in script.requests[1]["messages"] if m["role"] == "tool"]
     assert tool["content"].startswith("Error: the gateway failed while running ours")
+
+
+async def test_non_string_tool_call_id_from_upstream_still_reports_the_call():
+    """An upstream sending ``"id": 5`` must not lose the result of a call that ran."""
+    first = reply(None, "ours")
+    first["choices"][0]["message"]["tool_calls"][0]["id"] = 5
+    script = Script(first, reply("done"))
+    seen: list[str] = []
+
+    async def run_call(name: str, arguments: str, call_id: str) -> str:
+        seen.append(call_id)
+        return "result"
+
+    loop = ToolLoop(
+        {"messages": [{"role": "user", "content": "hi"}]}, TOOLS, script, run_call, LoopSettings()
+    )
+    await loop.complete()
+    [tool] = [m for m in script.requests[1]["messages"] if m["role"] == "tool"]
+    assert seen == ["5"] and tool["tool_call_id"] == "5" and tool["content"] == "result"

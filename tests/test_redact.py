@@ -85,6 +85,17 @@ def test_secret_straddling_the_cut_leaves_no_prefix():
     assert redactor.drop_partial("nothing secret here") == "nothing secret here"
 
 
+def test_mixed_escapes_straddling_the_cut_leave_no_prefix():
+    """JSON's ``\\/`` and Go's ``\\u0026`` in one echo, cut inside: nothing of it is kept."""
+    redactor = Redactor(["QKEY/sec ret+1&x"])
+    echoed = "QKEY\\/sec ret+1\\u0026x"
+    for n in range(1, len(echoed)):
+        assert redactor.drop_partial("p" * 10 + echoed[:n]) == "p" * 10, echoed[:n]
+    assert redactor.cut("p" * 10 + "QKEY%2Fsec%20ret%2B1%26x", 19) == "p" * 10
+    assert redactor.cut("p" * 10 + "&#81;KEY&#47;sec", 20) == "p" * 10
+    assert redactor.drop_partial("ppp QUICK") == "ppp QUICK"  # a first letter alone is not enough
+
+
 def test_cut_never_splits_a_secret_or_the_mark():
     redactor = Redactor(["0123456789abcdef"])
     text = redactor.redact("x" * 10 + "0123456789abcdef" + "y" * 10)

@@ -210,6 +210,7 @@ async def test_slow_request_body_is_408(fake_upstream, make_gateway):
             "nested deeper than 1024",
         ),
         (b'{"model":"m","messages":[{"role":"user","content":"\\ud800"}]}', "surrogate"),
+        (b'{"model":"m","messages":[{"role":"user","content":"\xff"}]}', "not valid UTF-8"),
     ],
 )
 async def test_deep_or_non_unicode_json_is_400_saying_so(
@@ -287,3 +288,44 @@ async def test_encoded_newline_in_path_gets_openai_json_not_aiohttp_text(
     message = error_of(body)["message"]
     assert "\n" not in message and "\r" not in message
     assert up.received == []
+
+
+@pytest.mark.parametrize("token", [b"\xff", b"k\xc3", b"\xed\xa0\x80"])
+async def test_undecodable_client_key_bytes_are_401_not_500(fake_upstream, make_gateway, token):
+    """aiohttp hands undecodable header bytes over as surrogates; the key check must cope."""
+    up = await fake_upstream()
+    gw = await make_gateway({"server": {"api_keys": ["k"]}, "models": [model("m", up)]})
+    request = (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + token
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    status, headers, body = await raw_http(gw.url, request)
+    assert status == 401 and error_of(body)["code"] == "invalid_api_key"
+
+
+async def test_unknown_expect_header_is_an_openai_417_without_echo(fake_upstream, make_gateway):
+    up = await fake_upstream()
+    gw = await make_gateway({"server": {"api_keys": ["k"]}, "models": [model("m", up)]})
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: <script>SECRETECHO</script>"
+        b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    status, headers, body = await raw_http(gw.url, request)
+    assert status == 417 and headers["content-type"].startswith("application/json")
+    assert b"SECRETECHO" not in body and error_of(body)["code"] == "expectation_failed"
+
+
+async def test_expect_100_continue_still_gets_its_body_through(fake_upstream, make_gateway):
+    up = await fake_upstream()
+    gw = await make_gateway({"models": [model("m", up)]})
+    payload = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(payload)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+        + payload
+    )
+    status, _, _ = await raw_http(gw.url, request)
+    assert status in (100, 200) and len(up.received) == 1

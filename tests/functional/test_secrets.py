@@ -51,6 +51,7 @@ SPEC: dict[str, Any] = {
             {"name": "Cookie", "in": "header", "schema": {"type": "string"}},
         ),
         "/echo-text": _op("echoText"),
+        "/echo-binary": _op("echoBinary"),
         "/big": _op("big", {"name": "pad", "in": "query", "schema": {"type": "integer"}}),
         "/go": _op("go", {"name": "to", **_Q}),
         "/slow": _op("slow"),
@@ -82,6 +83,7 @@ class EchoServer:
         r = self.app.router
         r.add_get("/api/echo", self.echo)
         r.add_get("/api/echo-text", self.echo_text)
+        r.add_get("/api/echo-binary", self.echo_binary)
         r.add_get("/api/big", self.big)
         r.add_get("/api/go", self.go)
         r.add_get("/api/slow", self.slow)
@@ -106,6 +108,11 @@ class EchoServer:
     async def echo_text(self, request: web.Request) -> web.Response:
         lines = [f"{k}: {v}" for k, v in request.headers.items()]
         return web.Response(text="\n".join([request.raw_path, *lines]))
+
+    async def echo_binary(self, request: web.Request) -> web.Response:
+        """Binary data whose Content-Type parameters echo the query (and its credential)."""
+        ctype = f"Image/PNG; echo={request.query_string}"
+        return web.Response(body=b"\x00\x01", headers={"Content-Type": ctype})
 
     async def big(self, request: web.Request) -> web.Response:
         pad = int(request.query.get("pad", "0"))
@@ -184,6 +191,13 @@ async def test_percent_encoded_query_credential_is_redacted(gateway, auth, op):
     if auth["type"] == "basic":
         token = base64.b64encode(f"ann:{SECRET}".encode()).decode()
         assert token.rstrip("=") not in content
+
+
+async def test_binary_response_content_type_does_not_echo_the_credential(gateway):
+    """The binary note names the media type only: its parameters are the server's words."""
+    auth = {"type": "query", "name": "key", "value": SECRET}
+    content = await call_tool(gateway, "echoBinary", {}, auth=auth)
+    assert content == "HTTP 200\n[binary response: image/png, 2 bytes]"
 
 
 async def test_secret_straddling_the_cut_leaves_no_prefix(gateway):
