@@ -42,9 +42,12 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    plain = encoding in ("", "identity")
+    if request.content.is_eof() and plain:  # all of it came with the headers: no timer
+        return await _read_plain(request, limit)
     try:
         async with _timeout(timeout):
-            if encoding in ("", "identity"):
+            if plain:
                 return await _read_plain(request, limit)
             return await _read_inflated(request, encoding, limit)
     except asyncio.TimeoutError:
