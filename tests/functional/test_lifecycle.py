@@ -393,6 +393,21 @@ async def test_workers_reload_on_sighup_to_the_parent(gateway_process, fake_upst
             assert await model_ids(s, gw.url) == ["m", "m2"]
 
 
+async def test_workers_watch_is_the_parents_and_reloads_every_worker(
+    gateway_process, fake_upstream
+):
+    up = await fake_upstream()
+    gw = await gateway_process(
+        {"models": [model("m", up)]}, "--workers", "2", "--watch", wait="2 workers"
+    )
+    await gw.wait_log("watching")
+    await asyncio.sleep(0.3)
+    write_config(gw, {"models": [model("m", up), model("m2", up)]})
+    await gw.wait_log(r"reload requested \(file change\): passing it to 2 workers")
+    await until(lambda: _two_reloads(gw))
+    assert sum("watching" in line for line in gw.lines) == 1  # the parent only
+
+
 async def _two_reloads(gw: Served) -> bool:
     return sum("reload: now serving config" in line for line in gw.lines) >= 2
 
