@@ -19,9 +19,10 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.facts import Facts
 from gateway.loop import LoopSettings, Offer, ToolLoop
 from gateway.openapi.ir import Tool
+from gateway.ranking import Embed, SelectionUnavailable
 from gateway.redact import Redactor
 from gateway.routing import Route
-from gateway.selection import FIND_TOOLS, Embed, Offering, SelectionUnavailable
+from gateway.selection import FIND_TOOLS, Offering
 from gateway.state import UPSTREAM, Snapshot
 from gateway.stream import EventTooLarge, SSEParser
 from gateway.toolexec import ToolExecutor

@@ -1,19 +1,12 @@
-"""The pieces of tool selection that need no server: terms, queries, calls, ranking."""
+"""Ranking and the per-request pieces of tool selection that need no server."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gateway.selection import (
-    SelectionUnavailable,
-    Terms,
-    called_names,
-    fused,
-    normalised,
-    top,
-    user_queries,
-)
+from gateway.ranking import SelectionUnavailable, Terms, fused, normalised, top
+from gateway.selection import called_names, user_queries
 
 
 def test_names_are_split_at_case_changes_underscores_dashes_and_slashes():
