@@ -13,10 +13,11 @@ exits, and ``cleanup_multiprocess(dir)`` when it stops.
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN = "unknown"
@@ -49,38 +53,43 @@ class Metrics:
         self.multiprocess = multiprocess_dir() is not None
         self.registry = CollectorRegistry()
         reg = None if self.multiprocess else self.registry
+        #: one process counts each request in plain Python, read by a collector at scrape
+        #: time; workers count through prometheus_client's objects, which share files
+        self.tally = None if self.multiprocess else Tally()
+        if self.tally is not None:
+            self.registry.register(TallyCollector(self.tally))
         self.requests = Counter(
             "gateway_requests",
             "Requests answered, by endpoint, model asked for, model that served, status",
             ["endpoint", "model", "served_model", "status"],
-            registry=reg,
+            registry=None,  # see tally
         )
         self.duration = Histogram(
             "gateway_request_duration_seconds",
             "Time from the request's arrival to its last byte",
             ["endpoint", "model"],
             buckets=DURATION_BUCKETS,
-            registry=reg,
+            registry=None,  # see tally
         )
         self.ttfb = Histogram(
             "gateway_time_to_first_byte_seconds",
             "Time from a streamed request's arrival to its response's first byte",
             ["endpoint", "model"],
             buckets=DURATION_BUCKETS,
-            registry=reg,
+            registry=None,  # see tally
         )
         self.attempts = Counter(
             "gateway_upstream_attempts",
             "Calls to upstreams, by model and outcome "
             "(ok, retried, fell_back, timeout, unreachable, 4xx, 5xx)",
             ["model", "outcome"],
-            registry=reg,
+            registry=None,  # see tally
         )
         self.tokens = Counter(
             "gateway_tokens",
             "Tokens the upstreams reported, by model that served and kind",
             ["model", "kind"],
-            registry=reg,
+            registry=None,  # see tally
         )
         self.tool_calls = Counter(
             "gateway_tool_calls",
@@ -175,6 +184,13 @@ class Metrics:
         seconds: float,
         ttfb: float | None,
     ) -> None:
+        tally = self.tally
+        if tally is not None:
+            tally.request(endpoint, model, served, status, seconds, ttfb)
+            self.requests_now -= 1
+            if ttfb is not None:
+                self.streams_now -= 1
+            return
         key = (endpoint, model, served, status)
         children = self._requests.get(key)
         if children is None:
@@ -198,12 +214,20 @@ class Metrics:
                 self.streams_now -= 1
 
     def tokens_used(self, model: str, prompt: int | None, completion: int | None) -> None:
+        if self.tally is not None:
+            self.tally.tokens_used(model, prompt, completion)
+            return
         if prompt:
             self.child(self.tokens, model, "prompt").inc(prompt)
         if completion:
             self.child(self.tokens, model, "completion").inc(completion)
 
     def attempt(self, model: str, outcome: str) -> None:
+        if self.tally is not None:
+            key = (model, outcome)
+            attempts = self.tally.attempts
+            attempts[key] = attempts.get(key, 0) + 1
+            return
         self.child(self.attempts, model, outcome).inc()
 
     def tool_call(self, toolset: str, function: str, outcome: str, seconds: float | None) -> None:
@@ -256,6 +280,107 @@ class Metrics:
         response = web.Response(body=self.exposition())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
+
+
+class Tally:
+    """Per-request counts of one process, in plain Python: a dictionary update each."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, int], int] = {}
+        #: per (endpoint, model): a count per bucket (the last for +Inf), then the sum
+        self.durations: dict[tuple[str, str], list[float]] = {}
+        self.ttfbs: dict[tuple[str, str], list[float]] = {}
+        self.attempts: dict[tuple[str, str], int] = {}
+        self.tokens: dict[tuple[str, str], int] = {}
+
+    def request(
+        self,
+        endpoint: str,
+        model: str,
+        served: str,
+        status: int,
+        seconds: float,
+        ttfb: float | None,
+    ) -> None:
+        key = (endpoint, model, served, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        _observe(self.durations, (endpoint, model), seconds)
+        if ttfb is not None:
+            _observe(self.ttfbs, (endpoint, model), ttfb)
+
+    def tokens_used(self, model: str, prompt: int | None, completion: int | None) -> None:
+        if prompt:
+            key = (model, "prompt")
+            self.tokens[key] = self.tokens.get(key, 0) + prompt
+        if completion:
+            key = (model, "completion")
+            self.tokens[key] = self.tokens.get(key, 0) + completion
+
+
+def _observe(
+    histograms: dict[tuple[str, str], list[float]], key: tuple[str, str], value: float
+) -> None:
+    counts = histograms.get(key)
+    if counts is None:
+        counts = histograms[key] = [0.0] * (len(DURATION_BUCKETS) + 2)
+    counts[bisect.bisect_left(DURATION_BUCKETS, value)] += 1
+    counts[-1] += value
+
+
+class TallyCollector(Collector):
+    """A ``Tally`` as Prometheus metric families (``prometheus_client``'s collector API)."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.tally
+        requests = CounterMetricFamily(
+            "gateway_requests",
+            "Requests answered, by endpoint, model asked for, model that served, status",
+            labels=["endpoint", "model", "served_model", "status"],
+        )
+        for (endpoint, model, served, status), n in list(t.requests.items()):
+            requests.add_metric([endpoint, model, served, str(status)], n)
+        yield requests
+        yield _histogram(
+            "gateway_request_duration_seconds",
+            "Time from the request's arrival to its last byte",
+            t.durations,
+        )
+        yield _histogram(
+            "gateway_time_to_first_byte_seconds",
+            "Time from a streamed request's arrival to its response's first byte",
+            t.ttfbs,
+        )
+        attempts = CounterMetricFamily(
+            "gateway_upstream_attempts",
+            "Calls to upstreams, by model and outcome "
+            "(ok, retried, fell_back, timeout, unreachable, no_key, 4xx, 5xx)",
+            labels=["model", "outcome"],
+        )
+        for labels, n in list(t.attempts.items()):
+            attempts.add_metric(list(labels), n)
+        yield attempts
+        tokens = CounterMetricFamily(
+            "gateway_tokens",
+            "Tokens the upstreams reported, by model that served and kind",
+            labels=["model", "kind"],
+        )
+        for labels, n in list(t.tokens.items()):
+            tokens.add_metric(list(labels), n)
+        yield tokens
+
+
+def _histogram(name: str, doc: str, data: dict[tuple[str, str], list[float]]) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=["endpoint", "model"])
+    for labels, counts in list(data.items()):
+        running, buckets = 0.0, []
+        for bound, n in zip((*DURATION_BUCKETS, float("inf")), counts, strict=False):
+            running += n
+            buckets.append((floatToGoString(bound), running))
+        family.add_metric(list(labels), buckets, counts[-1])
+    return family
 
 
 # --- the multiprocess directory (called by the parent of the workers) ----------------------
