@@ -823,11 +823,17 @@ def _path_text(loc: tuple[Any, ...]) -> str:
 
 def cross_check(config: GatewayConfig) -> list[str]:
     """Problems pydantic cannot see: duplicates and references between entries."""
-    return _references(
+    problems = _references(
         [m.id for m in config.models],
         [t.name for t in config.tools],
         [(m.fallbacks, m.tools) for m in config.models],
     )
+    if config.metrics.port is not None and config.metrics.port == config.server.port:
+        problems.append(
+            f"metrics.port: {config.metrics.port} is server.port too; choose another port, "
+            "or leave metrics.port out to serve /metrics on the gateway's own port"
+        )
+    return problems
 
 
 def _selection_problems(config: GatewayConfig) -> list[str]:

@@ -23,9 +23,10 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.errors import ConfigError
+from gateway.loop_handler import warm_embeddings
 from gateway.observe import OBSERVER
 from gateway.reload import Reloader, log_missing, watch
-from gateway.state import Snapshot, State
+from gateway.state import UPSTREAM, Snapshot, State
 
 log = logging.getLogger("gateway")
 
@@ -90,7 +91,15 @@ def serve(sock: socket.socket, snapshot: Snapshot, options: Options) -> None:
 async def _serve(sock: socket.socket, snapshot: Snapshot, options: Options) -> None:
     state = State(snapshot)
     app = create_app(snapshot.config, state=state)
-    reloader = Reloader(state, options.path, app[OBSERVER])
+    warming: set[asyncio.Future[None]] = set()
+
+    def warm(new: Snapshot) -> None:
+        """A reloaded snapshot's functions are embedded now, not on a client's request."""
+        for task in warm_embeddings(new, app[UPSTREAM]):
+            warming.add(task)
+            task.add_done_callback(warming.discard)
+
+    reloader = Reloader(state, options.path, app[OBSERVER], on_swap=warm)
     stop = _handle_signals(reloader)
     if options.early is not None and options.early.seen:
         reloader.request("SIGHUP during start-up")

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway import logs
 from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
 from gateway.facts import Facts
 from gateway.metrics import NONE, UNKNOWN, Metrics
 
@@ -190,11 +191,20 @@ async def start_metrics_port(app: web.Application) -> web.AppRunner | None:
     runner = web.AppRunner(side, access_log=None)
     await runner.setup()
     # workers share the port as they share the gateway's, and any of them answers the sum
+    host, port = observer.metrics_host, observer.metrics_port
     site = web.TCPSite(
-        runner,
-        observer.metrics_host,
-        observer.metrics_port,
-        reuse_port=True if observer.metrics.multiprocess else None,
+        runner, host, port, reuse_port=True if observer.metrics.multiprocess else None
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(
+            f"{host}:{port}",
+            [
+                f"metrics.port: {e.strerror or e}; choose another metrics.port, or leave it "
+                "out to serve /metrics on the gateway's own port"
+            ],
+            headline="cannot listen",
+        ) from None
     return runner

@@ -93,10 +93,18 @@ class Reloader:
     """Reloads on request (coalesced: one reload at a time, one more if asked meanwhile) and
     retries missing toolsets with backoff; ``run`` is the task that does both."""
 
-    def __init__(self, state: State, path: Path, observer: Observer) -> None:
+    def __init__(
+        self,
+        state: State,
+        path: Path,
+        observer: Observer,
+        on_swap: Callable[[Snapshot], object] | None = None,
+    ) -> None:
         self.state = state
         self.path = path
         self.observer = observer  # counts reloads, shows the digest and missing toolsets
+        #: called with each snapshot swapped in (e.g. to start embedding its functions)
+        self.on_swap = on_swap
         self._wanted = asyncio.Event()
 
     def request(self, reason: str) -> None:
@@ -159,6 +167,8 @@ class Reloader:
             f", missing: {', '.join(new.missing)}" if new.missing else "",
         )
         _freeze_new()
+        if self.on_swap is not None:
+            self.on_swap(new)
 
 
 def _freeze_new() -> None:

@@ -69,7 +69,9 @@ class Supervisor:
     ) -> None:
         self.sock = sock
         self.path = path
-        self.config = config  # the parent's copy: shutdown_timeout and the files to watch
+        #: the config the workers serve: the last one that loaded. A worker started again
+        #: gets it, not whatever the file says now, so that all workers serve one config.
+        self.config = config
         self.count = count
         self.level = level
         self.ctx = multiprocessing.get_context("spawn")
@@ -110,7 +112,7 @@ class Supervisor:
         """Pass a reload to every worker (each loads and checks the config itself)."""
         log.info("reload requested (%s): passing it to %d workers", reason, len(self.workers))
         with contextlib.suppress(ConfigError):  # if so, the workers refuse it and say why
-            self.config = load_config(self.path)
+            self.config = load_config(self.path)  # what a worker started from now on serves
         for w in self.workers:
             w.hangup()
 
@@ -120,7 +122,7 @@ class Supervisor:
 
     def _spawn(self, slot: int, failures: int = 0) -> Worker:
         started = self.ctx.Event()
-        args = (self.sock, str(self.path), self.level, started)
+        args = (self.sock, str(self.path), self.config, self.level, started)
         proc = self.ctx.Process(target=worker_main, args=args, name=f"gateway-worker-{slot}")
         proc.start()
         log.info("worker %d started (pid %s)", slot, proc.pid)
@@ -204,13 +206,18 @@ def supervise(
     return asyncio.run(supervisor.run(watch))
 
 
-def worker_main(sock: socket.socket, path: str, level: str | None, started: Event) -> None:
-    """A worker process: load the config, serve ``sock`` until SIGTERM (exit 2 if it cannot)."""
+def worker_main(
+    sock: socket.socket, path: str, config: GatewayConfig, level: str | None, started: Event
+) -> None:
+    """A worker process: serve ``config`` on ``sock`` until SIGTERM (exit 2 if it cannot).
+
+    ``config`` is the one the other workers serve (the parent's), not the file as it is now:
+    a worker started again after an edit nobody reloaded yet must not serve another config.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
     early = EarlyHangup()  # a reload passed on while this worker starts is done once serving
     logs.setup("text", level or "info", worker=True)
     try:
-        config = load_config(path)
         logs.setup(config.logging.format, level or config.logging.level, worker=True)
         snapshot = build_snapshot(config)
     except ConfigError as e:
@@ -219,7 +226,11 @@ def worker_main(sock: socket.socket, path: str, level: str | None, started: Even
     parent = multiprocessing.parent_process()
     sentinel = parent.sentinel if parent is not None else None
     options = Options(Path(path), on_started=started.set, parent_sentinel=sentinel, early=early)
-    serve(sock, snapshot, options)
+    try:
+        serve(sock, snapshot, options)
+    except (ConfigError, CannotServe) as e:  # e.g. a metrics port it cannot listen on
+        log.error("cannot start: %s", e)
+        sys.exit(2)
 
 
 def mark_dead(pid: int | None) -> None:

@@ -46,3 +46,9 @@ def test_logging_metrics_and_tracing_sections_are_checked():
     with pytest.raises(ConfigError) as e:
         build_config({"logging": {"format": "xml"}, "metrics": {"port": 0}}, "cfg", Path("."))
     assert "logging.format:" in str(e.value) and "metrics.port:" in str(e.value)
+
+
+def test_metrics_port_equal_to_server_port_is_a_config_error():
+    with pytest.raises(ConfigError) as e:
+        build_config({"server": {"port": 9000}, "metrics": {"port": 9000}}, "cfg", Path("."))
+    assert "metrics.port: 9000 is server.port too" in str(e.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -413,11 +414,72 @@ async def _two_reloads(gw: Served) -> bool:
 
 
 async def test_worker_that_cannot_start_makes_parent_exit_nonzero(gateway_process, fake_upstream):
+    """Here the workers cannot listen on the metrics port: a clear error, and exit 1."""
     up = await fake_upstream()
-    gw = await gateway_process({"models": [model("m", up)]}, "--workers", "2", wait="")
-    await gw.wait_log(r"worker 1 started \(pid")
-    gw.config.unlink()  # after the parent read it, before the workers (still importing) do
-    assert await gw.exit_code() == 1
-    log = gw.log()
-    assert re.search(r"worker \d could not start \(exit code 2\)", log), log
-    assert "cannot start" in log
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        raw = {"models": [model("m", up)], "metrics": {"port": port}}
+        gw = await gateway_process(raw, "--workers", "2", wait="")
+        assert await gw.exit_code() == 1
+    assert "could not start" in gw.log() and "metrics.port" in gw.log()
+    assert "Traceback" not in gw.log()
+
+
+async def test_restarted_worker_serves_the_config_its_siblings_serve(
+    gateway_process, fake_upstream
+):
+    """An edit nobody reloaded yet must not reach a worker started again after a crash."""
+    up = await fake_upstream()
+    gw = await gateway_process({"models": [model("m", up)]}, "--workers", "2", wait="2 workers")
+    write_config(gw, {"models": [model("edited", up)]})  # no SIGHUP
+    m = await gw.wait_log(r"worker 0 started \(pid (\d+)\)")
+    os.kill(int(m.group(1)), signal.SIGKILL)
+    mark = len(gw.lines)
+    await gw.wait_log(r"worker 0 started \(pid (\d+)\)", after=mark)
+    await gw.wait_log(r"serving on", after=mark)
+    connector = aiohttp.TCPConnector(force_close=True)  # new connections: both workers
+    async with aiohttp.ClientSession(connector=connector) as s:
+        for _ in range(8):
+            assert await model_ids(s, gw.url) == ["m"]
+
+
+async def test_metrics_port_in_use_is_a_clear_error_not_a_traceback(gateway_process, fake_upstream):
+    up = await fake_upstream()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        gw = await gateway_process({"models": [model("m", up)], "metrics": {"port": port}}, wait="")
+        assert await gw.exit_code() == 1
+    assert f"127.0.0.1:{port}: cannot listen" in gw.log() and "metrics.port" in gw.log()
+    assert "Traceback" not in gw.log()
+
+
+async def test_reloaded_functions_are_embedded_at_once_not_on_a_request(
+    gateway_process, fake_upstream, tmp_path
+):
+    """After a reload, the new snapshot's functions are embedded beside it, not in a request."""
+    from test_tool_selection import api_spec, keyword_embeddings
+
+    up, emb = await fake_upstream(), await fake_upstream()
+    emb.default = keyword_embeddings
+    (tmp_path / "api.json").write_text(json.dumps(api_spec()))
+    selection = {"max_functions": 5, "method": "embeddings", "embedding_model": "emb"}
+    raw = {
+        "tools": [{"name": "api", "spec": "api.json"}],
+        "models": [model("m", up, tools=["api"], tool_selection=selection), model("emb", emb)],
+    }
+    gw = await gateway_process(raw)
+    await until(lambda: _async(len(emb.received) == 1))  # all 50 functions, at start-up
+    raw["models"][0]["params"] = {"temperature": 0}
+    write_config(gw, raw)
+    gw.signal(signal.SIGHUP)
+    await gw.wait_log(r"reload: now serving config")
+    await until(lambda: _async(len(emb.received) == 2))  # again, with no request sent
+    assert up.received == []
+
+
+async def _async(value: bool) -> bool:
+    return value
