@@ -136,6 +136,10 @@ class Reloader:
             log.error("reload refused, still serving config %s:\n%s", current.digest, e)
             self.observer.reloaded(False)
             return False
+        except Exception:  # a bug must not end reloads for the life of the process
+            log.exception("reload failed, still serving config %s", current.digest)
+            self.observer.reloaded(False)
+            return False
         if self.state.draining:
             return False
         self._swap(new, "reload")
@@ -146,7 +150,11 @@ class Reloader:
         current = self.state.current
         names = ", ".join(current.missing)
         log.info("retrying the spec of toolset(s) %s", names)
-        new = await asyncio.to_thread(retry_missing, current)
+        try:
+            new = await asyncio.to_thread(retry_missing, current)
+        except Exception:  # as for a reload: logged, and retried later
+            log.exception("retrying toolset(s) %s failed", names)
+            return
         if new is None:
             log.warning("toolset(s) %s still missing", names)
         elif self.state.current is current:  # no reload happened meanwhile

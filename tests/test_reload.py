@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import build_config
+from gateway import reload
+from gateway.config import build_config, load_config
 from gateway.errors import ConfigError
-from gateway.reload import build_snapshot, fingerprint, retry_missing, watched_files
+from gateway.reload import Reloader, build_snapshot, fingerprint, retry_missing, watched_files
+from gateway.state import Snapshot, State
 
 SPEC = {
     "openapi": "3.0.3",
@@ -71,3 +73,33 @@ def test_watch_fingerprint_covers_config_and_local_specs(tmp_path):
     before = fingerprint(files)
     (tmp_path / "spec.json").write_text("{}")  # a spec that appears counts as a change
     assert fingerprint(files) != before
+
+
+class FakeObserver:
+    def __init__(self) -> None:
+        self.reloads: list[bool] = []
+
+    def reloaded(self, ok: bool, digest: str | None = None) -> None:
+        self.reloads.append(ok)
+
+    def toolsets(self, configured, missing) -> None:
+        pass
+
+
+async def test_a_bug_during_a_reload_is_logged_and_the_old_config_keeps_serving(
+    tmp_path, monkeypatch, caplog
+):
+    path = tmp_path / "gw.yaml"
+    path.write_text("models: []\n")
+    state = State(Snapshot.build(load_config(path)))
+    before = state.current
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(reload, "build_snapshot", broken)
+    observer = FakeObserver()
+    assert await Reloader(state, path, observer).reload() is False
+    assert state.current is before
+    assert observer.reloads == [False]
+    assert "reload failed, still serving config" in caplog.text
