@@ -336,3 +336,25 @@ async def test_requests_do_not_wait_for_the_embeddings_to_load(gateway, fake_ups
     await client.chat.completions.create(model="m", messages=user("open an issue"))
     assert offered(up.received[0])[0] == "createIssue"  # BM25 meanwhile
     assert len(emb.received) == 1  # no query embedding either
+
+
+async def test_tools_query_with_embeddings_embeds_like_serve(tmp_path, fake_upstream, capsys):
+    import asyncio
+
+    emb = await fake_upstream()
+    emb.default = keyword_embeddings
+    (tmp_path / "api.json").write_text(json.dumps(api_spec()))
+    selection = {"max_functions": 5, "method": "embeddings", "embedding_model": "emb"}
+    raw = {
+        "tools": [{"name": "api", "spec": "api.json"}],
+        "models": [
+            {"id": "m", "base_url": "http://x", "tools": ["api"], "tool_selection": selection},
+            model("emb", emb),
+        ],
+    }
+    (tmp_path / "gw.yaml").write_text(yaml.safe_dump(raw))
+    argv = ["tools", "--config", str(tmp_path / "gw.yaml"), "--model", "m", "--query", "the crew"]
+    assert await asyncio.to_thread(main, argv) == 0
+    names = [i["function"]["name"] for i in json.loads(capsys.readouterr().out)]
+    assert set(names) == {f"{v}Team" for v in VERBS}
+    assert [len(r.body["input"]) for r in emb.received] == [50, 1]
