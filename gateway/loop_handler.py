@@ -110,7 +110,21 @@ async def _run(
     response = await loop.complete()
     headers = {**backend.headers, TOOL_CALLS_HEADER: str(executor.executed)}
     headers["Content-Type"] = "application/json"
-    return web.Response(body=orjson.dumps(response), headers=headers)
+    return web.Response(body=_reply_bytes(response, loop.model), headers=headers)
+
+
+def _reply_bytes(response: dict[str, Any], model: str) -> bytes:
+    """The final completion as bytes; one nested past what JSON writers go is the upstream's."""
+    try:
+        return codec.dumps(response)
+    except InvalidRequest:
+        raise GatewayError(
+            f"The upstream of model {model!r} sent a chat completion nested too deeply for "
+            "the gateway to pass on.",
+            status=502,
+            type="upstream_error",
+            code="upstream_bad_response",
+        ) from None
 
 
 def _no_such_function(name: str, offered: list[str], offering: Offering | None) -> str:

@@ -227,3 +227,14 @@ async def test_failing_later_round_is_retried_and_falls_back(fake_upstream, make
     assert status == 200
     assert orjson.loads(body)["choices"][0]["message"]["content"] == "from the fallback"
     assert len(up.received) == 3 and tool_api.calls == ["POST /items"]
+
+
+async def test_tool_loop_reply_nested_too_deeply_is_a_502_not_a_500(
+    fake_upstream, make_gateway, tool_api
+):
+    up = await fake_upstream()
+    deep = orjson.dumps(completion())[:-1] + b',"x":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    up.push(Reply(raw=deep))
+    gw = await make_gateway(tool_model(up, tool_api))
+    status, _, raw = await post(gw, {"model": "m", "messages": MESSAGES})
+    assert status == 502 and orjson.loads(raw)["error"]["code"] == "upstream_bad_response"
