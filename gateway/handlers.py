@@ -121,13 +121,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: 503 while draining, or while a toolset's spec could not be loaded."""
+    """Readiness: 503 while draining; a missing toolset is reported, not a reason to drop out.
+
+    Its models are served without it (and it is retried): taking every replica out of its
+    load balancer because one tool API was down at start-up would stop every model.
+    """
     snapshot = request[SNAPSHOT]
     if request.app[STATE].draining:
         return web.json_response({"status": "draining"}, status=503)
     if snapshot.missing:
-        body = {"status": "toolsets missing", "missing_toolsets": sorted(snapshot.missing)}
-        return web.json_response(body, status=503)
+        body = {
+            "status": "degraded",
+            "config": snapshot.digest,
+            "missing_toolsets": sorted(snapshot.missing),
+        }
+        return web.json_response(body)
     return web.json_response({"status": "ready", "config": snapshot.digest})
 
 
