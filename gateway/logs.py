@@ -151,9 +151,10 @@ MAX_QUEUED = 256
 class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """stderr, text or JSON; events (``event``) are formatted directly and written in batches.
 
-    Queued lines are written ``WRITE_DELAY`` after the first of them (at once without a
-    running loop), before any ordinary record, and when logging shuts down: one write for
-    many access lines instead of one each (a write to a file costs more than the line).
+    Events are queued as they are (their fields already final) and formatted and written
+    together ``WRITE_DELAY`` after the first of them (at once without a running loop), before
+    any ordinary record, and when logging shuts down: one write for many access lines, and
+    the formatting done in one tight loop rather than between the requests' own work.
     """
 
     def __init__(self, format: str, worker: bool) -> None:
@@ -166,7 +167,8 @@ class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
         )
         self.pid = os.getpid()
         self.worker = worker
-        self._queued: list[str] = []
+        #: (time, level, logger, event, fields) of the lines not written yet
+        self._queued: list[tuple[float, int, str, str, Fields]] = []
         self._second = -1
         self._date = ""
 
@@ -179,7 +181,18 @@ class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return node is not None and len(node.handlers) == 1 and node.handlers[0] is self
 
     def event(self, level: int, logger: str, name: str, fields: Fields) -> None:
-        now = time.time()
+        """Queue the event; it is formatted with the others when they are written."""
+        queued = self._queued
+        queued.append((time.time(), level, logger, name, fields))
+        if len(queued) == 1:
+            try:
+                asyncio.get_running_loop().call_later(WRITE_DELAY, self.write_queued)
+            except RuntimeError:
+                self.write_queued()
+        elif len(queued) >= MAX_QUEUED:
+            self.write_queued()
+
+    def _line(self, now: float, level: int, logger: str, name: str, fields: Fields) -> str:
         if self.json:
             out = {
                 "time": self._stamp(now, "%Y-%m-%dT%H:%M:%S", time.gmtime, "."),
@@ -189,19 +202,10 @@ class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 "event": name,
             }
             out.update(fields.as_dict())
-            line = orjson.dumps(out, default=str).decode()
-        else:
-            where = f"{logger}[{self.pid}]" if self.worker else logger
-            stamp = self._stamp(now, "%Y-%m-%d %H:%M:%S", time.localtime, ",")
-            line = f"{stamp} {logging.getLevelName(level)} {where} {name} {fields}"
-        self._queued.append(line + "\n")
-        if len(self._queued) == 1:
-            try:
-                asyncio.get_running_loop().call_later(WRITE_DELAY, self.write_queued)
-            except RuntimeError:
-                self.write_queued()
-        elif len(self._queued) >= MAX_QUEUED:
-            self.write_queued()
+            return orjson.dumps(out, default=str).decode() + "\n"
+        where = f"{logger}[{self.pid}]" if self.worker else logger
+        stamp = self._stamp(now, "%Y-%m-%d %H:%M:%S", time.localtime, ",")
+        return f"{stamp} {logging.getLevelName(level)} {where} {name} {fields}\n"
 
     def _stamp(self, now: float, layout: str, convert: Any, point: str) -> str:
         second = int(now)
@@ -214,10 +218,11 @@ class GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def write_queued(self) -> None:
         if not self._queued:
             return
-        data = "".join(self._queued)
-        self._queued.clear()
+        queued, self._queued = self._queued, []
+        data = ""
         self.acquire()
         try:
+            data = "".join([self._line(*event) for event in queued])
             self.stream.write(data)
             self.stream.flush()
         except Exception:
