@@ -255,7 +255,7 @@ class ToolLoop:
             try:
                 async for chunk in chunks:
                     if isinstance(chunk.get("error"), dict):
-                        self.error = str(chunk["error"].get("code") or "upstream_error")
+                        self.error = _error_code(chunk["error"].get("code"))
                         await out.write(stream.event({"error": chunk["error"]}))
                         return
                     forward = merger.process(chunk)
@@ -412,3 +412,11 @@ def _contents(chunk: dict[str, Any]) -> list[str]:
         for c in chunk["choices"]
         if isinstance(c.get("delta", {}).get("content"), str)
     ]
+
+
+def _error_code(code: Any) -> str:
+    """An upstream's error code, for logs and metrics: a short plain token, else generic."""
+    text = str(code) if isinstance(code, (str, int)) else ""
+    if 0 < len(text) <= 64 and text.replace("_", "").replace("-", "").isalnum():
+        return text
+    return "upstream_error"

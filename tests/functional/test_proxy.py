@@ -492,3 +492,6 @@ async def test_upstream_key_never_reaches_logs_or_client(fake_upstream, make_gat
     assert "[redacted]" in e.value.response.text
     assert "falling back" in caplog.text
     assert "sk-upstream-secret" not in caplog.text
+    [access] = [r for r in caplog.records if r.name == "gateway.access"]  # the new lines too
+    assert access.fields["served_model"] is None and access.fields["upstream_status"] == 400
+    assert "sk-upstream-secret" not in str(access.fields) + access.getMessage()
