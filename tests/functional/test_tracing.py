@@ -136,3 +136,18 @@ def test_without_tracing_nothing_of_opentelemetry_is_imported(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_endpoint_comes_from_the_config_or_the_standard_variables(monkeypatch):
+    from gateway.config import TracingConfig
+    from gateway.tracing import traces_url
+
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert traces_url(TracingConfig()) is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
+    assert traces_url(TracingConfig()) == "http://collector:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom")
+    assert traces_url(TracingConfig()) == "http://c:4318/custom"
+    configured = TracingConfig(otlp_endpoint="http://mine:4318")
+    assert traces_url(configured) == "http://mine:4318/v1/traces"  # the config wins
