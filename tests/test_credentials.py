@@ -26,7 +26,8 @@ from gateway.config import build_config
 from gateway.errors import ConfigError
 from gateway.openapi.ir import Tool
 from gateway.state import Snapshot
-from gateway.toolexec import ToolExecutor, ToolResult
+from gateway.toolexec import ToolExecutor
+from gateway.toolresult import ToolResult
 from gateway.tools import ToolSet, load_tools
 from gateway.upstream import new_session
 
