@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.state import Snapshot
 from gateway.toolexec import ToolExecutor
 from gateway.tools import load_tools

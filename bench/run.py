@@ -391,7 +391,7 @@ async def open_streams(url: str, n: int, hold: float, pid: int) -> dict:
 
 def startup_times(workdir: Path) -> dict:
     code = (
-        "import time,asyncio;t=time.perf_counter();from gateway.config import load_config;"
+        "import time,asyncio;t=time.perf_counter();from gateway.configload import load_config;"
         "from gateway.tools import load_tools;from gateway.app import create_app;"
         "c=load_config('config/gateway.yaml');ts=asyncio.run(load_tools(c));create_app(c,ts);"
         "print(time.perf_counter()-t)"
@@ -405,7 +405,7 @@ def startup_times(workdir: Path) -> dict:
     gh = None
     if github:
         code = (
-            "import time,asyncio;from pathlib import Path;from gateway.config import "
+            "import time,asyncio;from pathlib import Path;from gateway.configload import "
             "build_config;from gateway.tools import load_tools;"
             f"c=build_config({{'tools':[{{'name':'gh','spec':{str(github)!r}}}]}},'x',Path('.'));"
             "t=time.perf_counter();ts=asyncio.run(load_tools(c));"

@@ -30,7 +30,7 @@ CACHE = BENCH / ".cache"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from gateway.config import build_config  # noqa: E402
+from gateway.configload import build_config  # noqa: E402
 from gateway.selection import user_queries  # noqa: E402
 from gateway.tools import ToolSet, load_tools  # noqa: E402
 

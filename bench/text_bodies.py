@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.openapi.convert import is_text_like
 from gateway.tools import load_tools
 

@@ -55,7 +55,7 @@ def function_tokens(enc, tools) -> list[int]:
 
 
 async def _tools(spec: Path, detail: str):
-    from gateway.config import build_config
+    from gateway.configload import build_config
     from gateway.tools import load_tools
 
     raw = {

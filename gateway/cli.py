@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__, logs
-from gateway.config import MOCK_URL, GatewayConfig, config_path, load_config
+from gateway.config import GatewayConfig
+from gateway.configload import config_path, load_config
 from gateway.errors import CannotServe, ConfigError
 from gateway.lifecycle import EarlyHangup, Options, bind, serve
 from gateway.openapi.load import fetch_with
@@ -19,6 +20,7 @@ from gateway.reload import build_snapshot
 from gateway.selection import Selector
 from gateway.tools import EMPTY, ToolSet, listing, load_tools, offered_listing
 from gateway.upstream import new_session
+from gateway.urls import MOCK_URL
 from gateway.workers import supervise
 
 log = logging.getLogger("gateway")

@@ -20,7 +20,8 @@ import logging
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig
+from gateway.configload import load_config
 from gateway.errors import ConfigError
 from gateway.observe import Observer
 from gateway.openapi.load import Spec, fetch_with, is_url

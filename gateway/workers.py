@@ -27,7 +27,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from gateway import logs, metrics
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig
+from gateway.configload import load_config
 from gateway.errors import CannotServe, ConfigError
 from gateway.lifecycle import EarlyHangup, Options, serve
 from gateway.reload import build_snapshot, watch

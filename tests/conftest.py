@@ -19,7 +19,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig, build_config
+from gateway.config import GatewayConfig
+from gateway.configload import build_config
 
 
 @dataclass

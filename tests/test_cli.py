@@ -15,7 +15,7 @@ from conftest import start_app
 
 from gateway import __version__
 from gateway.cli import main
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.errors import ConfigError
 from gateway.openapi.load import fetch_with
 from gateway.tools import load_tools

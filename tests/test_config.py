@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import build_config, load_config
+from gateway.configload import build_config, load_config
 from gateway.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

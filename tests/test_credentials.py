@@ -22,7 +22,7 @@ from conftest import start_app
 from oauth_server import Client, TokenServer, token_app
 
 from gateway.cli import main
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.errors import ConfigError
 from gateway.openapi.ir import Tool
 from gateway.state import Snapshot

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.errors import ConfigError
 
 

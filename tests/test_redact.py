@@ -10,7 +10,7 @@ from urllib.parse import quote, quote_plus
 import orjson
 import pytest
 
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.redact import MARK, Redactor, config_secrets, for_config
 
 SECRET = "s3cr3t/k+y=&x é"

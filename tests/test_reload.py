@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway import reload
-from gateway.config import build_config, load_config
+from gateway.configload import build_config, load_config
 from gateway.errors import ConfigError
 from gateway.reload import Reloader, build_snapshot, fingerprint, retry_missing, watched_files
 from gateway.state import Snapshot, State

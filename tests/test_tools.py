@@ -7,7 +7,7 @@ import json
 import yaml
 
 from gateway.cli import main
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.tools import load_tools
 
 

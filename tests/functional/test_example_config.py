@@ -10,7 +10,7 @@ from conftest import start_app
 from test_tool_loop import answer, calls, tool_messages
 
 from gateway.app import create_app
-from gateway.config import load_config
+from gateway.configload import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

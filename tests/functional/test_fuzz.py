@@ -26,7 +26,7 @@ from openai_schema import URN, _registry, assert_valid
 from toolapi import SPEC, ToolAPI
 
 from gateway.app import create_app
-from gateway.config import build_config
+from gateway.configload import build_config
 
 #: cases per test (GATEWAY_FUZZ_EXAMPLES=5000 for a longer run)
 EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "600"))

@@ -12,7 +12,7 @@ from conftest import Reply, model, start_app, wait_for
 from test_tool_loop import answer, calls, collect
 
 from gateway.cli import main
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.errors import ConfigError
 from gateway.state import STATE
 

@@ -127,7 +127,7 @@ async def test_spans_reach_an_otlp_http_receiver(fake_upstream, make_gateway, oa
 
 def test_without_tracing_nothing_of_opentelemetry_is_imported(tmp_path):
     code = (
-        "import sys; from pathlib import Path; from gateway.config import build_config; "
+        "import sys; from pathlib import Path; from gateway.configload import build_config; "
         "from gateway.app import create_app; import gateway.cli; "
         "create_app(build_config({}, 'x', Path('.'))); "
         "print([m for m in sys.modules if m.startswith('opentelemetry')])"

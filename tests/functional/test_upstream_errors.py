@@ -9,7 +9,7 @@ import pytest
 from conftest import Reply, model
 from openai_schema import assert_valid
 
-from gateway.config import build_config
+from gateway.configload import build_config
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

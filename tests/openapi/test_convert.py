@@ -11,7 +11,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.errors import ConfigError
 from gateway.tools import ToolSet, load_tools
 

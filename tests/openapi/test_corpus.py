@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_convert import assert_valid_function
 
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.tools import load_tools
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "openapi"

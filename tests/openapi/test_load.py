@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.config import build_config
+from gateway.configload import build_config
 from gateway.openapi import load, parse
 from gateway.openapi.load import SpecError, fetch_with, load_spec
 from gateway.tools import load_tools
