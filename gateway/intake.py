@@ -44,7 +44,10 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
         raise _too_large(limit)
     plain = encoding in ("", "identity")
     if request.content.is_eof() and plain:  # all of it came with the headers: no timer
-        return await _read_plain(request, limit)
+        data = request.content.read_nowait()  # what is buffered, no await
+        if len(data) > limit:
+            raise _too_large(limit)
+        return data
     try:
         async with _timeout(timeout):
             if plain:

@@ -267,6 +267,9 @@ async def read_capped(content: aiohttp.StreamReader, limit: int) -> tuple[bytes,
     is not the end: this reads on until the stream ends or the cap is passed. Gives the
     event loop a turn every megabyte, so one large body never stalls other requests.
     """
+    if content.is_eof():  # all of it already arrived (small replies do): no await
+        data = content.read_nowait()
+        return (data, True) if len(data) <= limit else (data[:limit], False)
     parts: list[bytes] = []
     size = since_yield = 0
     async for chunk in content.iter_any():
