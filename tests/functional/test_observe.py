@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -494,3 +495,66 @@ async def _until_up(s: aiohttp.ClientSession, url: str, proc: subprocess.Popen) 
         assert proc.poll() is None, "the gateway exited"
         assert time.monotonic() < deadline, "the gateway did not start"
         await asyncio.sleep(0.1)
+
+
+async def test_every_upstream_attempt_outcome_is_counted(fake_upstream, make_gateway, oai):
+    """timeout, unreachable, no_key, 4xx and 5xx each land under their own outcome label."""
+    slow, bad, broken = await fake_upstream(), await fake_upstream(), await fake_upstream()
+    slow.push(Reply(json=completion(), delay=2.0))
+    bad.push(Reply(status=400, json={"error": {"message": "no", "type": "invalid_request_error"}}))
+    broken.push(Reply(status=500, json={}))
+    dead = {"id": "dead", "base_url": "http://127.0.0.1:9/v1"}  # nothing listens on port 9
+    gw = await make_gateway(
+        {
+            "models": [
+                model("slow", slow, timeout=0.3),
+                dead,
+                model("nokey", bad, api_key=""),
+                model("bad", bad),
+                model("broken", broken),
+            ]
+        }
+    )
+    client = oai(gw).with_options(max_retries=0)
+    for name in ("slow", "dead", "nokey", "bad", "broken"):
+        with pytest.raises(openai.APIError):
+            await client.chat.completions.create(model=name, messages=MESSAGES)
+    m = await scrape(gw.url)
+    att = "gateway_upstream_attempts_total"
+    assert value(m, att, model="slow", outcome="timeout") == 1
+    assert value(m, att, model="dead", outcome="unreachable") == 1
+    assert value(m, att, model="nokey", outcome="no_key") == 1
+    assert value(m, att, model="bad", outcome="4xx") == 1
+    assert value(m, att, model="broken", outcome="5xx") == 1
+
+
+def test_log_level_after_the_subcommand_filters_lines(tmp_path):
+    """``serve --log-level error`` keeps the start-up warnings out; ``info`` lets them in."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "models:\n  - {id: m, base_url: 'http://127.0.0.1:11434', api_key: ''}\n"  # warns
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            input="",
+            check=False,
+        )
+        return done.stderr
+
+    # a port that is taken makes serve stop right after its start-up warnings
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        quiet = run("--port", port, "--log-level", "error")
+        loud = run("--port", port, "--log-level", "info")
+    assert "cannot listen" in quiet and "cannot listen" in loud
+    assert "api_key is empty" not in quiet
+    assert "api_key is empty" in loud

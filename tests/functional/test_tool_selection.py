@@ -112,6 +112,18 @@ async def test_without_tool_selection_every_function_is_offered(gateway):
     assert len(offered(up.received[0])) == 50
 
 
+async def test_no_more_functions_than_max_functions_are_all_offered_in_order(gateway):
+    """Selection only ranks when the model has more functions than max_functions."""
+    up, _, client = await gateway({"max_functions": 50})
+    up.push(answer())
+    await client.chat.completions.create(model="m", messages=user("open an issue"))
+    up_all, _, client_all = await gateway(None)
+    up_all.push(answer())
+    await client_all.chat.completions.create(model="m", messages=user("open an issue"))
+    assert offered(up.received[0]) == offered(up_all.received[0])
+    assert len(offered(up.received[0])) == 50
+
+
 async def test_only_the_best_functions_are_offered(gateway):
     up, _, client = await gateway({"max_functions": 5})
     up.push(answer())
