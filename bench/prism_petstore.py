@@ -22,6 +22,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from schema_example import example
+
 from gateway.configload import build_config
 from gateway.state import Snapshot
 from gateway.toolexec import ToolExecutor
@@ -36,23 +39,6 @@ AUTHS = {
     "auth (api key header)": {"type": "header", "name": "api_key", "value": "bench-api-key"},
     "auth (bearer)": {"type": "bearer", "token": "bench-oauth-token"},
 }
-
-
-def example(schema: dict[str, Any]) -> Any:
-    """A small value that satisfies ``schema`` (required properties only)."""
-    if "enum" in schema:
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf"):
-        if key in schema:
-            return example(schema[key][0])
-    kind = schema.get("type")
-    kind = next((k for k in kind if k != "null"), "string") if isinstance(kind, list) else kind
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties", {})
-        return {k: example(props.get(k, {})) for k in schema.get("required", [])}
-    if kind == "array":
-        return [example(schema.get("items", {}))]
-    return {"integer": 1, "number": 1, "boolean": True}.get(str(kind), "x")
 
 
 def free_port() -> int:

@@ -81,7 +81,7 @@ class Metrics:
         self.attempts = Counter(
             "gateway_upstream_attempts",
             "Calls to upstreams, by model and outcome "
-            "(ok, retried, fell_back, timeout, unreachable, 4xx, 5xx)",
+            "(ok, retried, fell_back, timeout, unreachable, no_key, 4xx, 5xx)",
             ["model", "outcome"],
             registry=None,  # see tally
         )
